@@ -1,0 +1,196 @@
+//! The verdict cache: moka, keyed by SHA-256 over token and audiences, entries never outliving the token.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::Expiry;
+use moka::future::Cache;
+
+use crate::k8s::token_review::TokenReviewStatus;
+use crate::verify::{Digest, VerifyError};
+
+/// A cached verdict: the status to answer, who decided, and how long it may be reused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cached {
+    /// The answer.
+    pub status: TokenReviewStatus,
+    /// Deciding verifier's kind (metric label).
+    pub verifier: &'static str,
+    /// Lifetime in the cache.
+    pub ttl: Duration,
+}
+
+/// Cache key: SHA-256 over the token's digest and the requested audiences.
+pub type Key = [u8; 32];
+
+struct PerEntry;
+
+impl Expiry<Key, Arc<Cached>> for PerEntry {
+    fn expire_after_create(&self, _: &Key, v: &Arc<Cached>, _: Instant) -> Option<Duration> {
+        Some(v.ttl)
+    }
+}
+
+/// Settings, already validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Off: every review runs the chain.
+    pub enabled: bool,
+    /// Maximum number of verdicts kept.
+    pub max_entries: u64,
+    /// Lifetime of a "yes" (capped by the token's own expiry).
+    pub ttl: Duration,
+    /// Lifetime of a "no".
+    pub negative_ttl: Duration,
+}
+
+/// The cache, or nothing when disabled. Clones share one cache.
+#[derive(Clone)]
+pub struct VerdictCache {
+    inner: Option<Cache<Key, Arc<Cached>>>,
+    config: CacheConfig,
+}
+
+impl VerdictCache {
+    /// Builds the cache described by `config`.
+    pub fn new(config: CacheConfig) -> Self {
+        let inner = config.enabled.then(|| {
+            Cache::builder()
+                .max_capacity(config.max_entries)
+                .expire_after(PerEntry)
+                .build()
+        });
+        VerdictCache { inner, config }
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &CacheConfig {
+        &self.config
+    }
+
+    /// Derives the key for `token` under `audiences`. Lengths are mixed in so that no two
+    /// different audience lists can produce the same byte stream.
+    pub fn key(token: &Digest, audiences: &[String]) -> Key {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(&token.0);
+        for a in audiences {
+            ctx.update(&(a.len() as u64).to_le_bytes());
+            ctx.update(a.as_bytes());
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.finish().as_ref());
+        out
+    }
+
+    /// The cached verdict for `key`, or the result of `verify`, which runs at most once for
+    /// concurrent callers of one key. Returns whether the answer came from the cache.
+    ///
+    /// # Errors
+    /// `verify`'s error, shared by every coalesced caller and never cached.
+    ///
+    /// # Concurrent calls
+    /// moka's `or_try_insert_with` coalesces: one caller runs `verify`, the others wait for it.
+    pub async fn get_or_verify<F>(
+        &self,
+        key: Key,
+        verify: F,
+    ) -> Result<(Arc<Cached>, bool), Arc<VerifyError>>
+    where
+        F: Future<Output = Result<Arc<Cached>, VerifyError>>,
+    {
+        match &self.inner {
+            None => verify.await.map(|c| (c, false)).map_err(Arc::new),
+            Some(cache) => {
+                let entry = cache.entry(key).or_try_insert_with(verify).await?;
+                let hit = !entry.is_fresh();
+                Ok((entry.into_value(), hit))
+            }
+        }
+    }
+
+    /// Drops every verdict (a source changed: a removed token must stop working now).
+    pub fn invalidate_all(&self) {
+        if let Some(c) = &self.inner {
+            c.invalidate_all();
+        }
+    }
+
+    /// Approximate number of entries.
+    pub fn entry_count(&self) -> u64 {
+        self.inner.as_ref().map_or(0, |c| c.entry_count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_separate_audience_lists() {
+        let d = Digest::of(b"t");
+        let a = VerdictCache::key(&d, &["ab".into(), "c".into()]);
+        let b = VerdictCache::key(&d, &["a".into(), "bc".into()]);
+        let c = VerdictCache::key(&d, &[]);
+        assert_ne!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(c, VerdictCache::key(&d, &[]));
+    }
+
+    #[tokio::test]
+    async fn errors_are_not_cached_and_hits_are_reported() {
+        let cache = VerdictCache::new(CacheConfig {
+            enabled: true,
+            max_entries: 10,
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+        });
+        let err = cache
+            .get_or_verify([1; 32], async {
+                Err(VerifyError::Unavailable {
+                    verifier: "x".into(),
+                    reason: "down".into(),
+                })
+            })
+            .await;
+        assert!(err.is_err());
+        let ok = Arc::new(Cached {
+            status: TokenReviewStatus::unauthenticated(),
+            verifier: "none",
+            ttl: Duration::from_secs(60),
+        });
+        let (_, hit) = cache
+            .get_or_verify([1; 32], async { Ok(ok.clone()) })
+            .await
+            .unwrap();
+        assert!(!hit);
+        let (_, hit) = cache
+            .get_or_verify([1; 32], async { panic!("must not run") })
+            .await
+            .unwrap();
+        assert!(hit);
+    }
+
+    #[tokio::test]
+    async fn zero_ttl_entries_expire_at_once() {
+        let cache = VerdictCache::new(CacheConfig {
+            enabled: true,
+            max_entries: 10,
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+        });
+        let v = Arc::new(Cached {
+            status: TokenReviewStatus::unauthenticated(),
+            verifier: "none",
+            ttl: Duration::ZERO,
+        });
+        cache
+            .get_or_verify([2; 32], async { Ok(v.clone()) })
+            .await
+            .unwrap();
+        let (_, hit) = cache
+            .get_or_verify([2; 32], async { Ok(v.clone()) })
+            .await
+            .unwrap();
+        assert!(!hit);
+    }
+}

@@ -1,0 +1,237 @@
+//! Turns the file shape into a `Config` of parsed types, reporting every problem at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::file::{FileConfig, VerifierConfig};
+use crate::cache::CacheConfig;
+
+/// Validated configuration: everything parsed, nothing left to check at run time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Serving certificate chain (PEM).
+    pub cert_file: PathBuf,
+    /// Serving key (PEM).
+    pub key_file: PathBuf,
+    /// Extra review path.
+    pub webhook_path: String,
+    /// Sizes and times.
+    pub limits: Limits,
+    /// File poll interval.
+    pub reload_interval: Duration,
+    /// Caller authentication.
+    pub callers: CallerPolicy,
+    /// kube-apiserver's API audiences.
+    pub api_audiences: Vec<String>,
+    /// Verdict cache.
+    pub cache: CacheConfig,
+    /// Logging.
+    pub log: LogConfig,
+    /// The chain, in order.
+    pub verifiers: Vec<VerifierSpec>,
+}
+
+/// Request and connection limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest body, bytes.
+    pub max_body_bytes: u64,
+    /// TLS handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Request head deadline.
+    pub header_read_timeout: Duration,
+    /// Request body deadline.
+    pub body_read_timeout: Duration,
+    /// Concurrent connections.
+    pub max_connections: usize,
+    /// Drain time on shutdown.
+    pub shutdown_grace: Duration,
+}
+
+/// Who may call the review endpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallerPolicy {
+    /// CA for client certificates.
+    pub client_ca: Option<PathBuf>,
+    /// Required CN/DNS SAN, if any.
+    pub allowed_names: Vec<String>,
+    /// Accepted caller bearer tokens.
+    pub tokens_file: Option<PathBuf>,
+}
+
+impl CallerPolicy {
+    /// Neither certificates nor tokens are configured: the endpoint is open.
+    pub fn is_open(&self) -> bool {
+        self.client_ca.is_none() && self.tokens_file.is_none()
+    }
+}
+
+/// Logging choices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// JSON lines (else human text).
+    pub json: bool,
+    /// tracing filter directive.
+    pub filter: String,
+}
+
+/// One verifier to build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VerifierSpec {
+    /// Static token CSV.
+    Static {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
+/// Paths that `webhook_path` may not shadow.
+const RESERVED_PATHS: &[&str] = &["/metrics", "/livez", "/readyz", "/healthz"];
+
+/// Validates `f`, collecting every problem. Relative paths are resolved against `base` (the
+/// configuration file's directory).
+///
+/// # Errors
+/// One line per problem, naming the key.
+pub fn validate(f: &FileConfig, base: &Path) -> Result<Config, Vec<String>> {
+    let mut errs = Vec::new();
+    let rel = |p: &PathBuf| base.join(p);
+    let s = &f.server;
+    let listen = s
+        .listen
+        .parse::<SocketAddr>()
+        .map_err(|e| {
+            errs.push(format!(
+                "server.listen: {:?} is not an address:port ({e})",
+                s.listen
+            ))
+        })
+        .ok();
+    let cert_file = s.cert_file.as_ref().map(rel);
+    let key_file = s.key_file.as_ref().map(rel);
+    if cert_file.is_none() {
+        errs.push("server.cert_file: required (PEM certificate chain to serve)".into());
+    }
+    if key_file.is_none() {
+        errs.push("server.key_file: required (PEM private key for server.cert_file)".into());
+    }
+    if !s.webhook_path.starts_with('/') || s.webhook_path.contains(['?', '#']) {
+        errs.push(format!(
+            "server.webhook_path: {:?} must be a path starting with '/'",
+            s.webhook_path
+        ));
+    } else if RESERVED_PATHS.contains(&s.webhook_path.as_str())
+        || s.webhook_path.starts_with("/apis/")
+    {
+        errs.push(format!(
+            "server.webhook_path: {:?} collides with a path tokenhook already serves",
+            s.webhook_path
+        ));
+    }
+    for (key, v) in [
+        ("server.max_body_bytes", s.max_body_bytes),
+        (
+            "server.handshake_timeout_seconds",
+            s.handshake_timeout_seconds,
+        ),
+        (
+            "server.header_read_timeout_seconds",
+            s.header_read_timeout_seconds,
+        ),
+        (
+            "server.body_read_timeout_seconds",
+            s.body_read_timeout_seconds,
+        ),
+        ("server.max_connections", s.max_connections as u64),
+        ("server.reload_interval_ms", s.reload_interval_ms),
+    ] {
+        if v == 0 {
+            errs.push(format!("{key}: must be greater than 0"));
+        }
+    }
+    let c = &f.callers;
+    if !c.allowed_names.is_empty() && c.client_ca_file.is_none() {
+        errs.push("callers.allowed_names: set, but callers.client_ca_file is not: names are read from client certificates".into());
+    }
+    if c.allowed_names.iter().any(String::is_empty) {
+        errs.push("callers.allowed_names: contains an empty name".into());
+    }
+    if f.review.api_audiences.iter().any(String::is_empty) {
+        errs.push("review.api_audiences: contains an empty audience".into());
+    }
+    let cache = &f.cache;
+    if cache.enabled {
+        if cache.max_entries == 0 {
+            errs.push("cache.max_entries: must be greater than 0 when the cache is enabled".into());
+        }
+        if cache.ttl_seconds == 0 {
+            errs.push("cache.ttl_seconds: must be greater than 0 when the cache is enabled (set cache.enabled = false instead)".into());
+        }
+    }
+    let json = match f.log.format.as_str() {
+        "json" => true,
+        "text" => false,
+        other => {
+            errs.push(format!("log.format: {other:?} is not \"json\" or \"text\""));
+            true
+        }
+    };
+    if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&f.log.level) {
+        errs.push(format!(
+            "log.level: {:?} is not a valid filter ({e})",
+            f.log.level
+        ));
+    }
+    if f.verifiers.is_empty() {
+        errs.push(
+            "verifiers: empty; add at least one [[verifiers]] entry (e.g. type = \"static\")"
+                .into(),
+        );
+    }
+    let verifiers = f
+        .verifiers
+        .iter()
+        .map(|v| match v {
+            VerifierConfig::Static { file } => VerifierSpec::Static { file: rel(file) },
+        })
+        .collect();
+
+    match (listen, cert_file, key_file) {
+        (Some(listen), Some(cert_file), Some(key_file)) if errs.is_empty() => Ok(Config {
+            listen,
+            cert_file,
+            key_file,
+            webhook_path: s.webhook_path.clone(),
+            limits: Limits {
+                max_body_bytes: s.max_body_bytes,
+                handshake_timeout: Duration::from_secs(s.handshake_timeout_seconds),
+                header_read_timeout: Duration::from_secs(s.header_read_timeout_seconds),
+                body_read_timeout: Duration::from_secs(s.body_read_timeout_seconds),
+                max_connections: s.max_connections,
+                shutdown_grace: Duration::from_secs(s.shutdown_grace_seconds),
+            },
+            reload_interval: Duration::from_millis(s.reload_interval_ms),
+            callers: CallerPolicy {
+                client_ca: c.client_ca_file.as_ref().map(rel),
+                allowed_names: c.allowed_names.clone(),
+                tokens_file: c.tokens_file.as_ref().map(rel),
+            },
+            api_audiences: f.review.api_audiences.clone(),
+            cache: CacheConfig {
+                enabled: cache.enabled,
+                max_entries: cache.max_entries,
+                ttl: Duration::from_secs(cache.ttl_seconds),
+                negative_ttl: Duration::from_secs(cache.negative_ttl_seconds),
+            },
+            log: LogConfig {
+                json,
+                filter: f.log.level.clone(),
+            },
+            verifiers,
+        }),
+        _ => Err(errs),
+    }
+}

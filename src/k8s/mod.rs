@@ -1,0 +1,9 @@
+//! Kubernetes wire types and their codec: what goes over HTTP, and nothing about how it is decided.
+
+pub mod codec;
+pub mod meta;
+pub mod query;
+pub mod status;
+pub mod token_review;
+
+pub use status::{Reason, Status, StatusCause, StatusDetails};

@@ -1,0 +1,21 @@
+//! tokenhook: a Kubernetes webhook token authenticator.
+//!
+//! kube-apiserver posts `TokenReview`s here (over TLS only); each token runs through a chain of
+//! verifiers behind a verdict cache, and the answer follows kube-apiserver's own semantics.
+//! `main.rs` is a thin CLI over [`Config`], [`Server`] and [`Running`]; [`dev`] generates the
+//! embedded development setup.
+
+pub mod cache;
+pub mod clock;
+pub mod config;
+pub mod dev;
+pub mod k8s;
+pub mod kubeconfig;
+pub mod metrics;
+pub mod reload;
+pub mod review;
+pub mod server;
+pub mod verify;
+
+pub use config::Config;
+pub use server::{Running, Server};

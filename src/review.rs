@@ -1,0 +1,381 @@
+//! TokenReview: decode (with fieldValidation), cache, chain, audiences, encode — kube-apiserver's semantics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, USER_AGENT, WARNING};
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::cache::{Cached, VerdictCache};
+use crate::k8s::Status;
+use crate::k8s::codec::{self, DecodeError, FieldValidation, warning_header};
+use crate::k8s::query::CreateOptions;
+use crate::k8s::token_review::{ApiVersion, TokenReview, TokenReviewStatus};
+use crate::server::http_error::{Body, json, status_response};
+use crate::server::{App, ConnInfo};
+use crate::verify::{Outcome, Token, VerifyError};
+
+/// Media types the review endpoint decodes.
+const ACCEPTED: &[&str] = &["application/json"];
+
+/// Seconds kube-apiserver is asked to wait before retrying a review we could not check.
+const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// kube's `isPrettyPrint` fallback: curl, Wget and browsers get indented JSON.
+pub fn user_agent_wants_pretty(headers: &HeaderMap) -> bool {
+    headers
+        .get(USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| {
+            ["curl", "Wget", "Mozilla/5.0"]
+                .iter()
+                .any(|p| ua.starts_with(p))
+        })
+}
+
+/// `status.audiences` for an identity, or `None` when it is not valid for the request.
+///
+/// * `spec`: the review's `spec.audiences`; empty means the API server's (`api`).
+/// * `token`: `None` for an audience-agnostic identity (valid for "the API server"),
+///   else the audiences the identity is valid for.
+///
+/// An agnostic identity with no API audiences configured answers empty (the API's "valid for
+/// the kube-apiserver's own audience"); otherwise the requested audiences are intersected
+/// with the API audiences (agnostic) or the token's own, keeping the request's order.
+pub fn audiences(spec: &[String], api: &[String], token: Option<&[String]>) -> Option<Vec<String>> {
+    let valid_for = match token {
+        None if api.is_empty() => return Some(Vec::new()),
+        None => api,
+        Some(t) => t,
+    };
+    let requested = if spec.is_empty() { api } else { spec };
+    let both: Vec<String> = requested
+        .iter()
+        .filter(|a| valid_for.contains(a))
+        .cloned()
+        .collect();
+    (!both.is_empty()).then_some(both)
+}
+
+/// Answers one TokenReview POST. `default_version` is the path's, used when the body names none.
+pub async fn handle(
+    app: &Arc<App>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    default_version: ApiVersion,
+) -> Response<Body> {
+    let started = Instant::now();
+    let pretty_hint = user_agent_wants_pretty(req.headers());
+    if let Err(st) = app
+        .callers
+        .check(conn.client_cert.as_ref(), req.headers(), "tokenreviews")
+    {
+        tracing::info!(peer = %conn.peer, code = st.code, "caller refused");
+        return status_response(&st, pretty_hint);
+    }
+    let (parts, body) = req.into_parts();
+    // kube-apiserver's order: media type, body size, query options, decode.
+    if !content_type_ok(&parts.headers) {
+        return status_response(&Status::unsupported_media_type(ACCEPTED), pretty_hint);
+    }
+    let body = match read_body(app, &parts.headers, body).await {
+        Ok(b) => b,
+        Err(st) => return status_response(&st, pretty_hint),
+    };
+    let options = match CreateOptions::parse(parts.uri.query()) {
+        Ok(o) => o,
+        Err(st) => return status_response(&st, pretty_hint),
+    };
+    let pretty = options.pretty.unwrap_or(pretty_hint);
+    let (review, version, warnings) = match decode(&body, default_version, options.field_validation)
+    {
+        Ok(d) => d,
+        Err(st) => return status_response(&st, pretty),
+    };
+    if review.spec.token.is_empty() {
+        return status_response(
+            &Status::bad_request("token is required for TokenReview in authentication"),
+            pretty,
+        );
+    }
+
+    let token = Token::new(review.spec.token.clone());
+    let key = VerdictCache::key(token.digest(), &review.spec.audiences);
+    let verdict = app
+        .cache
+        .get_or_verify(key, decide(app, &token, &review.spec.audiences))
+        .await;
+    let (cached, hit) = match verdict {
+        Ok(v) => v,
+        Err(e) => {
+            app.metrics
+                .reviews
+                .with_label_values(&["none", "error"])
+                .inc();
+            tracing::warn!(
+                token = %token.digest().fingerprint(),
+                error = %e,
+                latency_us = started.elapsed().as_micros() as u64,
+                "review could not be decided; asking the caller to retry"
+            );
+            let st = Status::service_unavailable(
+                "the token could not be checked right now; retry",
+                RETRY_AFTER_SECONDS,
+            );
+            return status_response(&st, pretty);
+        }
+    };
+    app.metrics
+        .cache_requests
+        .with_label_values(&[if hit { "hit" } else { "miss" }])
+        .inc();
+    let outcome = if cached.status.authenticated {
+        "authenticated"
+    } else {
+        "unauthenticated"
+    };
+    app.metrics
+        .reviews
+        .with_label_values(&[cached.verifier, outcome])
+        .inc();
+    tracing::info!(
+        api_version = version.as_str(),
+        verifier = cached.verifier,
+        outcome,
+        cache = if hit { "hit" } else { "miss" },
+        token = %token.digest().fingerprint(),
+        latency_us = started.elapsed().as_micros() as u64,
+        dry_run = options.dry_run,
+        "review"
+    );
+
+    let mut r = json(
+        StatusCode::CREATED,
+        codec::encode(&review.respond(version, &cached.status), pretty),
+    );
+    for w in warnings {
+        if let Ok(v) = HeaderValue::from_str(&warning_header(&w)) {
+            r.headers_mut().append(WARNING, v);
+        }
+    }
+    r
+}
+
+/// Runs the chain on a cache miss and turns its outcome into a cacheable verdict.
+async fn decide(
+    app: &App,
+    token: &Token,
+    spec_audiences: &[String],
+) -> Result<Arc<Cached>, VerifyError> {
+    let now = app.clock.now();
+    let decision = app.chain.verify(token, now).await?;
+    let cfg = app.cache.config();
+    let negative = |status: TokenReviewStatus| Cached {
+        status,
+        verifier: decision.verifier,
+        ttl: cfg.negative_ttl,
+    };
+    let cached = match decision.outcome {
+        Outcome::Authenticated(id) => {
+            match audiences(
+                spec_audiences,
+                &app.config.api_audiences,
+                id.audiences.as_deref(),
+            ) {
+                Some(auds) => {
+                    let ttl = id
+                        .expires_at
+                        .map_or(cfg.ttl, |exp| cfg.ttl.min(now.until(exp)));
+                    Cached {
+                        status: TokenReviewStatus::authenticated(id.user, auds),
+                        verifier: decision.verifier,
+                        ttl,
+                    }
+                }
+                None => {
+                    app.metrics
+                        .rejections
+                        .with_label_values(&[decision.verifier, "audience_mismatch"])
+                        .inc();
+                    tracing::info!(
+                        token = %token.digest().fingerprint(),
+                        verifier = decision.verifier,
+                        requested = ?spec_audiences,
+                        valid_for = ?id.audiences,
+                        "audience mismatch"
+                    );
+                    // A plain "no", as kube's audience-agnostic wrapper answers: without an
+                    // error kube-apiserver may cache it.
+                    negative(TokenReviewStatus::unauthenticated())
+                }
+            }
+        }
+        Outcome::Rejected(r) => {
+            app.metrics
+                .rejections
+                .with_label_values(&[decision.verifier, r.reason.as_str()])
+                .inc();
+            tracing::info!(
+                token = %token.digest().fingerprint(),
+                verifier = decision.verifier,
+                reason = r.reason.as_str(),
+                detail = %r.detail,
+                "token rejected"
+            );
+            negative(TokenReviewStatus::unauthenticated())
+        }
+        Outcome::NotMine => negative(TokenReviewStatus::unauthenticated()),
+    };
+    Ok(Arc::new(cached))
+}
+
+fn content_type_ok(headers: &HeaderMap) -> bool {
+    let Some(v) = headers.get(CONTENT_TYPE) else {
+        return true; // kube defaults a missing Content-Type to JSON
+    };
+    let Ok(v) = v.to_str() else { return false };
+    let media = v.split(';').next().unwrap_or("").trim();
+    media.is_empty() || ACCEPTED.iter().any(|a| media.eq_ignore_ascii_case(a))
+}
+
+async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Status> {
+    let limit = app.config.limits.max_body_bytes;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Status::too_large(limit));
+    }
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(app.config.limits.body_read_timeout, limited.collect()).await {
+        Err(_) => Err(Status::failure(
+            408,
+            crate::k8s::Reason::Timeout,
+            "the request body was not received in time",
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Status::too_large(limit)),
+        Ok(Err(_)) => Err(Status::bad_request("the request body could not be read")),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+/// Decodes and checks apiVersion/kind, returning the review, the version to answer in, and
+/// the warnings to send.
+fn decode(
+    body: &[u8],
+    default_version: ApiVersion,
+    validation: FieldValidation,
+) -> Result<(TokenReview, ApiVersion, Vec<String>), Status> {
+    let decoded = match codec::decode::<TokenReview>(body) {
+        Ok(d) => d,
+        Err(e @ DecodeError::Syntax(_)) => {
+            return Err(Status::bad_request(format!(
+                "the object provided is unrecognized (must be of type TokenReview): {}",
+                e.detail()
+            )));
+        }
+        Err(e @ DecodeError::Type(_)) => {
+            return Err(Status::bad_request(format!(
+                "TokenReview in version \"{}\" cannot be handled as a TokenReview: {}",
+                default_version.version(),
+                e.detail()
+            )));
+        }
+    };
+    let review = decoded.value;
+    let version = if review.api_version.is_empty() {
+        default_version
+    } else {
+        ApiVersion::parse(&review.api_version).ok_or_else(|| {
+            Status::bad_request(format!(
+                "the API version in the data ({}) does not match the expected API version ({})",
+                review.api_version,
+                default_version.as_str()
+            ))
+        })?
+    };
+    if !review.kind.is_empty() && review.kind != "TokenReview" {
+        return Err(Status::bad_request(format!(
+            "{kind} in version \"{v}\" cannot be handled as a TokenReview: no kind \"{kind}\" is registered for version \"{av}\"",
+            kind = review.kind,
+            v = version.version(),
+            av = version.as_str(),
+        )));
+    }
+    let warnings = match validation {
+        FieldValidation::Ignore => Vec::new(),
+        FieldValidation::Warn => decoded.problems,
+        FieldValidation::Strict if decoded.problems.is_empty() => Vec::new(),
+        FieldValidation::Strict => {
+            return Err(Status::bad_request(format!(
+                "TokenReview in version \"{}\" cannot be handled as a TokenReview: strict decoding error: {}",
+                version.version(),
+                decoded.problems.join(", ")
+            )));
+        }
+    };
+    Ok((review, version, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    #[allow(clippy::type_complexity)]
+    fn audience_table() {
+        let api = s(&["https://kubernetes.default.svc"]);
+        let none: &[String] = &[];
+        // (spec, api, token audiences) -> status.audiences
+        let cases: Vec<(
+            Vec<String>,
+            &[String],
+            Option<Vec<String>>,
+            Option<Vec<String>>,
+        )> = vec![
+            // agnostic, no API audiences: empty status.audiences whatever was asked
+            (vec![], none, None, Some(vec![])),
+            (s(&["x"]), none, None, Some(vec![])),
+            // agnostic with API audiences: spec (or API) ∩ API
+            (vec![], &api, None, Some(api.clone())),
+            (
+                s(&["x", "https://kubernetes.default.svc"]),
+                &api,
+                None,
+                Some(api.clone()),
+            ),
+            (s(&["x"]), &api, None, None),
+            // audience-bound
+            (
+                s(&["vault", "x"]),
+                none,
+                Some(s(&["x", "vault"])),
+                Some(s(&["vault", "x"])),
+            ),
+            (s(&["vault"]), none, Some(s(&["api"])), None),
+            (vec![], none, Some(s(&["api"])), None),
+            (
+                vec![],
+                &api,
+                Some(s(&["https://kubernetes.default.svc"])),
+                Some(api.clone()),
+            ),
+            (vec![], &api, Some(s(&["vault"])), None),
+        ];
+        for (spec, api, tok, want) in cases {
+            assert_eq!(
+                audiences(&spec, api, tok.as_deref()),
+                want,
+                "spec={spec:?} api={api:?} tok={tok:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,437 @@
+//! The server: builds everything from a `Config`, binds, accepts TLS connections, serves HTTP/1.1 and HTTP/2, drains on shutdown.
+
+pub mod caller;
+pub mod http_error;
+pub mod routes;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+
+use crate::cache::VerdictCache;
+use crate::clock::Clock;
+use crate::config::{Config, VerifierSpec};
+use crate::metrics::Metrics;
+use crate::reload::{self, Watched};
+use crate::verify::static_file::{TokenFileError, TokenTable};
+use crate::verify::{AnyVerifier, Chain, Digest, StaticFile};
+use caller::{CallerAuth, ClientCert};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    /// Metrics could not be registered (a bug).
+    #[error("registering metrics")]
+    Metrics(#[from] prometheus::Error),
+    /// A configured file could not be read.
+    #[error("reading {what} {path}")]
+    Read {
+        /// What the file is for.
+        what: &'static str,
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// Certificate, key or client CA unusable.
+    #[error("loading TLS material")]
+    Tls(#[from] tls::TlsError),
+    /// A token file is malformed.
+    #[error("loading {path}")]
+    TokenFile {
+        /// Which file.
+        path: PathBuf,
+        /// What is wrong.
+        #[source]
+        source: TokenFileError,
+    },
+    /// The listen address could not be bound.
+    #[error("binding {addr}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl BindError {
+    /// True when the fix is in the configuration or the files it names (exit code 64).
+    pub fn is_config(&self) -> bool {
+        !matches!(self, BindError::Metrics(_) | BindError::Listen { .. })
+    }
+}
+
+/// State shared by every connection.
+pub struct App {
+    /// The configuration in force.
+    pub config: Config,
+    /// This server's metrics.
+    pub metrics: Metrics,
+    /// The verifier chain.
+    pub chain: Chain,
+    /// The verdict cache.
+    pub cache: VerdictCache,
+    /// Caller authentication.
+    pub callers: CallerAuth,
+    /// Time source.
+    pub clock: Clock,
+    tls: tls::Current,
+}
+
+/// Per-connection facts.
+pub struct ConnInfo {
+    /// Remote address.
+    pub peer: SocketAddr,
+    /// The verified client certificate, if one was presented.
+    pub client_cert: Option<ClientCert>,
+}
+
+/// Entry point: `Server::bind(config)`.
+pub struct Server;
+
+/// A bound, serving server.
+pub struct Running {
+    /// The address actually bound (useful with port 0).
+    pub addr: SocketAddr,
+    /// Its metrics.
+    pub metrics: Metrics,
+    reload_now: Arc<Notify>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Checks every watched file now (what SIGHUP does).
+    pub fn reload_now(&self) {
+        self.reload_now.notify_one();
+    }
+
+    /// Stops accepting, lets in-flight requests finish (within the grace period), and returns
+    /// when everything has stopped.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, BindError> {
+    std::fs::read(path).map_err(|source| BindError::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn load_table(path: &Path) -> Result<(TokenTable, Vec<u8>), BindError> {
+    TokenTable::load(path).map_err(|source| BindError::TokenFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn log_warnings(path: &Path, t: &TokenTable) {
+    for w in &t.warnings {
+        tracing::warn!(path = %path.display(), warning = %w, "token file");
+    }
+}
+
+/// A watcher that swaps `table` from `path`, invalidating `cache` (when given) so that a
+/// removed token stops working at once.
+fn watch_table(
+    source: &'static str,
+    path: PathBuf,
+    bytes: &[u8],
+    target: StaticFile,
+    cache: Option<VerdictCache>,
+) -> Watched {
+    let p = path.clone();
+    Watched {
+        source,
+        paths: vec![path],
+        loaded: vec![Digest::of(bytes)],
+        apply: Box::new(move |contents| {
+            let t = TokenTable::parse(contents.first().map_or(&[][..], Vec::as_slice))
+                .map_err(|e| e.to_string())?;
+            log_warnings(&p, &t);
+            let summary = format!("{} tokens from {}", t.len(), p.display());
+            target.replace(t);
+            if let Some(c) = &cache {
+                c.invalidate_all();
+            }
+            Ok(summary)
+        }),
+    }
+}
+
+impl Server {
+    /// Builds everything `config` describes and starts serving on `config.listen`.
+    ///
+    /// # Errors
+    /// Unreadable or invalid files ([`BindError::is_config`]) or an unbindable address.
+    pub async fn bind(config: Config) -> Result<Running, BindError> {
+        Self::bind_with_clock(config, Clock::System).await
+    }
+
+    /// [`Server::bind`] with a chosen clock.
+    ///
+    /// # Errors
+    /// As [`Server::bind`].
+    pub async fn bind_with_clock(config: Config, clock: Clock) -> Result<Running, BindError> {
+        let metrics = Metrics::new()?;
+        let mut watched = Vec::new();
+
+        let cert = read("certificate", &config.cert_file)?;
+        let key = read("private key", &config.key_file)?;
+        let ca = match &config.callers.client_ca {
+            Some(p) => Some(read("client CA", p)?),
+            None => None,
+        };
+        let built = tls::build(&cert, &key, ca.as_deref())?;
+        metrics.cert_expiry.set(built.not_after);
+        let current = tls::Current::new(built.config);
+
+        let cache = VerdictCache::new(config.cache.clone());
+        let mut verifiers = Vec::new();
+        for spec in &config.verifiers {
+            match spec {
+                VerifierSpec::Static { file } => {
+                    let (table, bytes) = load_table(file)?;
+                    log_warnings(file, &table);
+                    let v = StaticFile::new(table);
+                    watched.push(watch_table(
+                        "static_tokens",
+                        file.clone(),
+                        &bytes,
+                        v.clone(),
+                        Some(cache.clone()),
+                    ));
+                    verifiers.push(AnyVerifier::Static(v));
+                }
+            }
+        }
+        let caller_tokens = match &config.callers.tokens_file {
+            Some(path) => {
+                let (table, bytes) = load_table(path)?;
+                let v = StaticFile::new(table);
+                watched.push(watch_table(
+                    "caller_tokens",
+                    path.clone(),
+                    &bytes,
+                    v.clone(),
+                    None,
+                ));
+                Some(v)
+            }
+            None => None,
+        };
+        if config.callers.is_open() {
+            tracing::warn!(
+                "no [callers] configured: anyone who can reach the port may review tokens"
+            );
+        }
+
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| BindError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| BindError::Listen {
+            addr: config.listen,
+            source,
+        })?;
+
+        let app = Arc::new(App {
+            chain: Chain::new(verifiers, metrics.clone()),
+            callers: CallerAuth::new(config.callers.clone(), caller_tokens),
+            metrics: metrics.clone(),
+            cache,
+            clock,
+            tls: current,
+            config,
+        });
+        watched.push(tls_watch(&app, cert, key, ca));
+
+        let (stop, stop_rx) = watch::channel(false);
+        let reload_now = Arc::new(Notify::new());
+        let reloader = reload::spawn(
+            watched,
+            app.config.reload_interval,
+            reload_now.clone(),
+            stop_rx.clone(),
+            metrics.clone(),
+        );
+        let task = tokio::spawn(async move {
+            serve(listener, app, stop_rx).await;
+            reloader.abort();
+        });
+        Ok(Running {
+            addr,
+            metrics,
+            reload_now,
+            stop,
+            task,
+        })
+    }
+}
+
+fn tls_watch(app: &Arc<App>, cert: Vec<u8>, key: Vec<u8>, ca: Option<Vec<u8>>) -> Watched {
+    let mut paths = vec![app.config.cert_file.clone(), app.config.key_file.clone()];
+    let mut loaded = vec![Digest::of(&cert), Digest::of(&key)];
+    if let (Some(p), Some(ca)) = (&app.config.callers.client_ca, &ca) {
+        paths.push(p.clone());
+        loaded.push(Digest::of(ca));
+    }
+    let app = Arc::downgrade(app);
+    Watched {
+        source: "tls",
+        paths,
+        loaded,
+        apply: Box::new(move |c| {
+            let Some(app) = app.upgrade() else {
+                return Err("server stopped".into());
+            };
+            let (cert, key) = match c {
+                [cert, key, ..] => (cert, key),
+                _ => return Err("missing files".into()),
+            };
+            let built = tls::build(cert, key, c.get(2).map(Vec::as_slice)).map_err(|e| {
+                let mut s = e.to_string();
+                if let Some(src) = std::error::Error::source(&e) {
+                    s.push_str(&format!(": {src}"));
+                }
+                s
+            })?;
+            app.metrics.cert_expiry.set(built.not_after);
+            app.tls.set(built.config);
+            Ok(format!(
+                "serving certificate valid until {}",
+                built.not_after
+            ))
+        }),
+    }
+}
+
+/// Accepts until `stop`, then drains.
+async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
+    let limits = app.config.limits.clone();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(c) => c,
+                Err(e) => {
+                    if !is_connection_error(&e) {
+                        // EMFILE and friends: back off rather than spin.
+                        tracing::error!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            connection(app, builder, watcher, tcp, peer).await;
+        });
+    }
+    drop(listener);
+    tracing::info!(
+        grace_seconds = limits.shutdown_grace.as_secs(),
+        "draining connections"
+    );
+    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing remaining connections");
+    }
+}
+
+async fn connection(
+    app: Arc<App>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    tcp: TcpStream,
+    peer: SocketAddr,
+) {
+    let _ = tcp.set_nodelay(true);
+    let acceptor = TlsAcceptor::from(app.tls.get());
+    let stream =
+        match tokio::time::timeout(app.config.limits.handshake_timeout, acceptor.accept(tcp)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+    let client_cert = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .and_then(|c| ClientCert::from_der(c));
+    let conn = Arc::new(ConnInfo { peer, client_cert });
+    let svc = service_fn(move |req| {
+        let app = app.clone();
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(routes::handle(app, conn, req).await) }
+    });
+    if let Err(e) = watcher
+        .watch(builder.serve_connection(TokioIo::new(stream), svc))
+        .await
+    {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+    )
+}

@@ -1,0 +1,228 @@
+//! The verifier contract (`Verifier`, `Outcome`), the token newtype, and the ordered chain built from config.
+
+pub mod static_file;
+
+use std::fmt;
+use std::future::Future;
+use std::time::Instant;
+
+use aws_lc_rs::digest;
+
+use crate::clock::UnixTime;
+use crate::k8s::token_review::UserInfo;
+use crate::metrics::Metrics;
+
+pub use static_file::StaticFile;
+
+/// SHA-256 of a token: what caches, logs and token files see instead of the token.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// SHA-256 of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        let d = digest::digest(&digest::SHA256, bytes);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        Digest(out)
+    }
+
+    /// The first 8 bytes in hex: enough to correlate log lines, useless to an attacker.
+    pub fn fingerprint(&self) -> String {
+        hex::encode(self.0.get(..8).unwrap_or_default())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}…", self.fingerprint())
+    }
+}
+
+/// A bearer token under review. `Debug` prints only its fingerprint.
+pub struct Token {
+    raw: String,
+    digest: Digest,
+}
+
+impl Token {
+    /// Wraps a token, hashing it once.
+    pub fn new(raw: String) -> Self {
+        let digest = Digest::of(raw.as_bytes());
+        Token { raw, digest }
+    }
+
+    /// The token itself: for verifiers only, never for logs.
+    pub fn expose(&self) -> &str {
+        &self.raw
+    }
+
+    /// Its SHA-256.
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token({:?})", self.digest)
+    }
+}
+
+/// Who a token belongs to, and for what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The user as kube sees it.
+    pub user: UserInfo,
+    /// `None`: audience-agnostic, valid for "the API server". `Some`: valid only for these.
+    pub audiences: Option<Vec<String>>,
+    /// When the token stops being valid, if it says.
+    pub expires_at: Option<UnixTime>,
+}
+
+/// Why a recognised token was refused. The label is for metrics; it never reaches the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// Past its expiry.
+    Expired,
+    /// Not valid yet.
+    NotYetValid,
+    /// Signature did not verify.
+    BadSignature,
+    /// Not meant for any requested audience.
+    AudienceMismatch,
+    /// Revoked before expiry.
+    Revoked,
+    /// Recognised but malformed.
+    Malformed,
+}
+
+impl RejectReason {
+    /// Metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::Expired => "expired",
+            RejectReason::NotYetValid => "not_yet_valid",
+            RejectReason::BadSignature => "bad_signature",
+            RejectReason::AudienceMismatch => "audience_mismatch",
+            RejectReason::Revoked => "revoked",
+            RejectReason::Malformed => "malformed",
+        }
+    }
+}
+
+/// A refusal: the label plus the precise reason for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// Metric label.
+    pub reason: RejectReason,
+    /// Log text (never sent to the caller, never containing the token).
+    pub detail: String,
+}
+
+/// What a verifier concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Ours and valid.
+    Authenticated(Identity),
+    /// Ours and invalid: stop the chain, answer "no".
+    Rejected(Rejection),
+    /// Not ours: try the next verifier.
+    NotMine,
+}
+
+/// A verifier could not decide (an upstream is down). Never cached; answered so that
+/// kube-apiserver retries.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    /// A source the verifier depends on is unavailable.
+    #[error("verifier {verifier} could not check the token: {reason}")]
+    Unavailable {
+        /// Which verifier.
+        verifier: String,
+        /// Why (no secrets).
+        reason: String,
+    },
+}
+
+/// One source of identities.
+pub trait Verifier {
+    /// Checks `token` at time `now`.
+    fn verify(
+        &self,
+        token: &Token,
+        now: UnixTime,
+    ) -> impl Future<Output = Result<Outcome, VerifyError>> + Send;
+}
+
+/// The closed set of verifiers the chain can hold.
+pub enum AnyVerifier {
+    /// Static token file.
+    Static(StaticFile),
+}
+
+impl AnyVerifier {
+    /// Metric label for this verifier's kind.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AnyVerifier::Static(_) => "static",
+        }
+    }
+
+    async fn verify(&self, token: &Token, now: UnixTime) -> Result<Outcome, VerifyError> {
+        match self {
+            AnyVerifier::Static(v) => v.verify(token, now).await,
+        }
+    }
+}
+
+/// What the chain decided, and which verifier decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The outcome (`NotMine` when no verifier claimed the token).
+    pub outcome: Outcome,
+    /// Kind of the deciding verifier, `none` when nobody claimed it.
+    pub verifier: &'static str,
+}
+
+/// The ordered verifiers: the first that does not answer `NotMine` decides.
+pub struct Chain {
+    verifiers: Vec<AnyVerifier>,
+    metrics: Metrics,
+}
+
+impl Chain {
+    /// A chain over `verifiers`, in order.
+    pub fn new(verifiers: Vec<AnyVerifier>, metrics: Metrics) -> Self {
+        Chain { verifiers, metrics }
+    }
+
+    /// Runs `token` through the chain.
+    ///
+    /// # Errors
+    /// The first verifier that cannot check the token stops the chain with its error: moving
+    /// on could let a later verifier say "no" to a token the broken one would have accepted.
+    pub async fn verify(&self, token: &Token, now: UnixTime) -> Result<Decision, VerifyError> {
+        for v in &self.verifiers {
+            let started = Instant::now();
+            let result = v.verify(token, now).await;
+            self.metrics
+                .verifier_duration
+                .with_label_values(&[v.kind()])
+                .observe(started.elapsed().as_secs_f64());
+            match result? {
+                Outcome::NotMine => continue,
+                outcome => {
+                    return Ok(Decision {
+                        outcome,
+                        verifier: v.kind(),
+                    });
+                }
+            }
+        }
+        Ok(Decision {
+            outcome: Outcome::NotMine,
+            verifier: "none",
+        })
+    }
+}
