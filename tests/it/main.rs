@@ -1,1 +1,16 @@
+//! Integration tests: the real server on 127.0.0.1:0, real TLS, real HTTP clients, real kubectl.
+#![allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
+mod support;
+
+mod cli;
+mod errors;
+mod reload;
+mod review;
+mod transport;

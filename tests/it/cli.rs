@@ -1,0 +1,369 @@
+//! The `tokenhook` binary: dev mode, bad config, SIGTERM with a request in flight, hash-token, kubeconfig.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::{Client, Leaf};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokenhook");
+
+/// Starts `tokenhook dev` in `dir` on a free port; returns the child, the https base and
+/// the stdout lines up to the banner's end.
+fn start_dev(dir: &Path) -> (Child, String, Vec<String>) {
+    let mut child = Command::new(BIN)
+        .args(["dev", "--dir"])
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = Vec::new();
+    let mut base = String::new();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    for line in out.lines() {
+        let line = line.unwrap();
+        if let Some(b) = line.strip_prefix("tokenhook dev: serving on ") {
+            base = b.to_owned();
+        }
+        let done = line.trim_start().starts_with("curl ");
+        lines.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(!base.is_empty(), "no banner: {lines:?}");
+    (child, base, lines)
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
+    for _ in 0..200 {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().unwrap();
+    panic!("tokenhook did not exit");
+}
+
+fn kubectl_view(path: &Path) -> serde_json::Value {
+    let out = Command::new("kubectl")
+        .args(["config", "view", "--raw", "-o", "json", "--kubeconfig"])
+        .arg(path)
+        .output()
+        .expect("kubectl is required for the tests (it is installed on these machines)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn admin_client(dir: &Path, base: &str) -> Client {
+    let addr = base.trim_start_matches("https://").parse().unwrap();
+    let leaf = Leaf {
+        cert: std::fs::read_to_string(dir.join("admin.crt")).unwrap(),
+        key: std::fs::read_to_string(dir.join("admin.key")).unwrap(),
+    };
+    Client::new(
+        addr,
+        &std::fs::read_to_string(dir.join("ca.crt")).unwrap(),
+        Some(&leaf),
+    )
+}
+
+const FILES: &[&str] = &[
+    "ca.crt",
+    "ca.key",
+    "server.crt",
+    "server.key",
+    "apiserver-client.crt",
+    "apiserver-client.key",
+    "admin.crt",
+    "admin.key",
+    "tokens.csv",
+    "tokenhook.toml",
+    "webhook-kubeconfig.yaml",
+    "admin-kubeconfig.yaml",
+];
+
+#[tokio::test]
+async fn dev_mode_generates_everything_then_reuses_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let (mut child, base, lines) = start_dev(&dir);
+    for f in FILES {
+        assert!(dir.join(f).exists(), "{f} missing");
+    }
+    for key in [
+        "ca.key",
+        "server.key",
+        "apiserver-client.key",
+        "admin.key",
+        "tokens.csv",
+    ] {
+        let mode = std::fs::metadata(dir.join(key))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{key}");
+    }
+    let curl = lines
+        .iter()
+        .find(|l| l.trim_start().starts_with("curl "))
+        .unwrap();
+    assert!(curl.contains(&format!(
+        "{base}/apis/authentication.k8s.io/v1/tokenreviews"
+    )));
+
+    // The demo token from tokens.csv authenticates through the admin certificate.
+    let tokens = std::fs::read_to_string(dir.join("tokens.csv")).unwrap();
+    let alice = tokens
+        .lines()
+        .find(|l| l.contains(",alice,"))
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert!(curl.contains(&alice));
+    let v = admin_client(&dir, &base).review(&alice, &[]).await.json();
+    assert_eq!(v["status"]["user"]["username"], "alice");
+
+    // The webhook kubeconfig is what kube-apiserver's flag takes.
+    let k = kubectl_view(&dir.join("webhook-kubeconfig.yaml"));
+    assert_eq!(k["current-context"], "webhook");
+    let cluster = &k["clusters"][0]["cluster"];
+    assert_eq!(cluster["server"], format!("{base}/authenticate"));
+    assert!(
+        cluster["certificate-authority-data"]
+            .as_str()
+            .unwrap()
+            .len()
+            > 100
+    );
+    let user = &k["users"][0]["user"];
+    assert!(user["client-certificate-data"].is_string());
+    assert!(user["client-key-data"].is_string());
+    assert_eq!(k["contexts"][0]["context"]["user"], k["users"][0]["name"]);
+    let a = kubectl_view(&dir.join("admin-kubeconfig.yaml"));
+    assert_eq!(a["clusters"][0]["cluster"]["server"], base);
+
+    // kube-apiserver's own client certificate may call the webhook path.
+    let apiserver = Leaf {
+        cert: std::fs::read_to_string(dir.join("apiserver-client.crt")).unwrap(),
+        key: std::fs::read_to_string(dir.join("apiserver-client.key")).unwrap(),
+    };
+    let c = Client::new(
+        base.trim_start_matches("https://").parse().unwrap(),
+        &std::fs::read_to_string(dir.join("ca.crt")).unwrap(),
+        Some(&apiserver),
+    );
+    let r = c
+        .post_json(
+            "/authenticate",
+            &crate::support::review_body("authentication.k8s.io/v1beta1", &alice, &[]),
+        )
+        .await;
+    assert_eq!(r.json()["apiVersion"], "authentication.k8s.io/v1beta1");
+    assert_eq!(r.json()["status"]["authenticated"], true);
+
+    sigterm(&child);
+    assert!(wait_exit(&mut child).await.success());
+
+    // Second start: nothing is regenerated.
+    let before: Vec<Vec<u8>> = FILES
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect();
+    let (mut child, _, lines) = start_dev(&dir);
+    assert!(
+        !lines.iter().any(|l| l.starts_with("created ")),
+        "{lines:?}"
+    );
+    let after: Vec<Vec<u8>> = FILES
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).unwrap())
+        .collect();
+    assert_eq!(before, after);
+    sigterm(&child);
+    assert!(wait_exit(&mut child).await.success());
+}
+
+#[tokio::test]
+async fn sigterm_finishes_the_request_in_flight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let (mut child, base, _) = start_dev(&dir);
+    let c = admin_client(&dir, &base);
+    let tokens = std::fs::read_to_string(dir.join("tokens.csv")).unwrap();
+    let bob = tokens
+        .lines()
+        .find(|l| l.contains(",bob,"))
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    let body = format!(r#"{{"apiVersion":"authentication.k8s.io/v1","spec":{{"token":"{bob}"}}}}"#);
+    let (head, tail) = body.split_at(body.len() / 2);
+
+    let mut tls = c.connect().await.unwrap();
+    tls.write_all(
+        format!(
+            "POST /apis/authentication.k8s.io/v1/tokenreviews HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{head}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    sigterm(&child);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Still draining: new connections are refused, ours completes.
+    tls.write_all(tail.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut resp)).await;
+    let resp = String::from_utf8_lossy(&resp);
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    assert!(resp.contains("\"username\":\"bob\""), "{resp}");
+    assert!(wait_exit(&mut child).await.success());
+}
+
+#[test]
+fn bad_config_exits_64_naming_every_problem() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("t.toml");
+    std::fs::write(&cfg, "[server]\nlisten = \"nowhere\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "server.listen",
+        "server.cert_file",
+        "server.key_file",
+        "verifiers",
+    ] {
+        assert!(err.contains(key), "{key} not in {err}");
+    }
+    std::fs::write(&cfg, "[server]\nlisten_address = \"x\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("listen_address") && err.contains("t.toml"),
+        "{err}"
+    );
+    // A token file that does not parse is a configuration error too, found before binding.
+    std::fs::write(tmp.path().join("tokens.csv"), "a,b\n").unwrap();
+    std::fs::write(tmp.path().join("c.pem"), "").unwrap();
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\ncert_file = \"c.pem\"\nkey_file = \"c.pem\"\n[[verifiers]]\ntype = \"static\"\nfile = \"tokens.csv\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(64),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn hash_token_prints_the_stored_form() {
+    let mut child = Command::new(BIN)
+        .arg("hash-token")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"s3cret\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        tokenhook::verify::static_file::hash_entry("s3cret")
+    );
+}
+
+#[test]
+fn kubeconfig_command_renders_a_valid_webhook_kubeconfig() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = crate::support::Ca::new("ca");
+    let leaf = ca.client("kube-apiserver");
+    for (n, s) in [
+        ("ca.crt", &ca.pem),
+        ("c.crt", &leaf.cert),
+        ("c.key", &leaf.key),
+    ] {
+        std::fs::write(tmp.path().join(n), s).unwrap();
+    }
+    for embed in [false, true] {
+        let mut cmd = Command::new(BIN);
+        cmd.current_dir(tmp.path()).args([
+            "kubeconfig",
+            "--server",
+            "https://tokenhook.auth.svc:8443/authenticate",
+            "--certificate-authority",
+            "ca.crt",
+            "--client-certificate",
+            "c.crt",
+            "--client-key",
+            "c.key",
+        ]);
+        if embed {
+            cmd.arg("--embed-certs");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = tmp.path().join(format!("k{embed}.yaml"));
+        std::fs::write(&path, &out.stdout).unwrap();
+        let k = kubectl_view(&path);
+        assert_eq!(
+            k["clusters"][0]["cluster"]["server"],
+            "https://tokenhook.auth.svc:8443/authenticate"
+        );
+        let ca_key = if embed {
+            "certificate-authority-data"
+        } else {
+            "certificate-authority"
+        };
+        assert!(k["clusters"][0]["cluster"][ca_key].is_string(), "{k}");
+    }
+}

@@ -1,0 +1,399 @@
+//! Test harness: a throwaway PKI, the real server bound on 127.0.0.1:0 from a real config file, and a real TLS HTTP client.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokenhook::config::{self, Overrides};
+use tokenhook::{Running, Server};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+/// A CA that can issue leaf certificates.
+pub struct Ca {
+    pub pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A certificate and its key, PEM.
+#[derive(Clone)]
+pub struct Leaf {
+    pub cert: String,
+    pub key: String,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let cert = p.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            issuer: Issuer::new(p, key),
+        }
+    }
+
+    pub fn server(&self) -> Leaf {
+        self.leaf(
+            "tokenhook",
+            &["localhost", "127.0.0.1"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    pub fn client(&self, cn: &str) -> Leaf {
+        self.leaf(cn, &[], ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn leaf(&self, cn: &str, sans: &[&str], eku: ExtendedKeyUsagePurpose) -> Leaf {
+        let mut p =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.extended_key_usages = vec![eku];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+/// Writes `contents` to `path` atomically (temp file + rename), as Kubernetes volume
+/// updates are atomic.
+pub fn replace_file(path: &Path, contents: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Options for [`TestServer::start`].
+pub struct Opts {
+    /// Extra TOML appended to the generated config (sections other than `[server]`,
+    /// `[callers]` and the verifier).
+    pub extra_toml: String,
+    /// Require client certificates from the test CA, with these names allowed.
+    pub client_names: Option<Vec<String>>,
+    /// Caller tokens file contents.
+    pub caller_tokens: Option<String>,
+    /// Static token file contents.
+    pub tokens: String,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            extra_toml: String::new(),
+            client_names: Some(vec!["kube-apiserver".into()]),
+            caller_tokens: None,
+            tokens: TOKENS.into(),
+        }
+    }
+}
+
+/// The standard token file used by most tests.
+pub const TOKENS: &str = "\
+alice-token,alice,1001,\"developers,viewers\",,\"example.com/team=platform,example.com/team=infra\"
+bob-token,bob,1002
+vault-token,vault-reader,1003,,\"vault,consul\"
+";
+
+/// A running server with its files and a client that presents the caller certificate.
+pub struct TestServer {
+    /// Kept so the server lives as long as the test's handle on it.
+    pub _running: Running,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub ca: Ca,
+    pub caller: Leaf,
+    pub tokens_path: PathBuf,
+}
+
+impl TestServer {
+    pub async fn start(opts: Opts) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("test CA");
+        let server = ca.server();
+        let caller = ca.client("kube-apiserver");
+        let w = |name: &str, s: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, s).unwrap();
+            p
+        };
+        w("ca.crt", &ca.pem);
+        w("server.crt", &server.cert);
+        w("server.key", &server.key);
+        let tokens_path = w("tokens.csv", &opts.tokens);
+        let mut callers = String::from("[callers]\n");
+        if let Some(names) = &opts.client_names {
+            callers.push_str("client_ca_file = \"ca.crt\"\n");
+            callers.push_str(&format!(
+                "allowed_names = [{}]\n",
+                names
+                    .iter()
+                    .map(|n| format!("{n:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(t) = &opts.caller_tokens {
+            w("callers.csv", t);
+            callers.push_str("tokens_file = \"callers.csv\"\n");
+        }
+        let toml = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nreload_interval_ms = 50\nshutdown_grace_seconds = 5\n{callers}\n{extra}\n[[verifiers]]\ntype = \"static\"\nfile = \"tokens.csv\"\n",
+            extra = opts.extra_toml
+        );
+        let config_path = w("tokenhook.toml", &toml);
+        let config = config::load(
+            Some(&config_path),
+            "TOKENHOOK_IT_UNUSED_",
+            &Overrides::default(),
+        )
+        .unwrap();
+        let running = Server::bind(config).await.unwrap();
+        TestServer {
+            addr: running.addr,
+            _running: running,
+            dir,
+            ca,
+            caller,
+            tokens_path,
+        }
+    }
+
+    /// A client trusting the test CA and presenting the caller certificate.
+    pub fn client(&self) -> Client {
+        Client::new(self.addr, &self.ca.pem, Some(&self.caller))
+    }
+
+    /// A client presenting no certificate.
+    pub fn anonymous(&self) -> Client {
+        Client::new(self.addr, &self.ca.pem, None)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A metric's value from `/metrics`: the sum over series carrying every `label="value"`
+    /// of the comma-separated `selector`.
+    pub async fn metric(&self, name: &str, selector: &str) -> f64 {
+        let r = self.client().get("/metrics").await;
+        assert_eq!(r.status, StatusCode::OK);
+        r.text()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter(|l| selector.split(',').all(|p| l.contains(p)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn warnings(&self) -> Vec<String> {
+        self.headers
+            .get_all("warning")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// A real TLS client (rustls, aws-lc-rs) speaking HTTP/1.1 or HTTP/2 through hyper.
+#[derive(Clone)]
+pub struct Client {
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    h2: bool,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr, ca_pem: &str, cert: Option<&Leaf>) -> Client {
+        Self::with_alpn(addr, ca_pem, cert, false)
+    }
+
+    pub fn with_alpn(addr: SocketAddr, ca_pem: &str, cert: Option<&Leaf>, h2: bool) -> Client {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let mut config = match cert {
+            Some(l) => builder
+                .with_client_auth_cert(
+                    CertificateDer::pem_slice_iter(l.cert.as_bytes())
+                        .map(|c| c.unwrap())
+                        .collect(),
+                    PrivateKeyDer::from_pem_slice(l.key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = if h2 {
+            vec![b"h2".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
+        Client {
+            addr,
+            config: Arc::new(config),
+            h2,
+        }
+    }
+
+    pub fn http2(&self) -> Client {
+        let mut c = (*self.config).clone();
+        c.alpn_protocols = vec![b"h2".to_vec()];
+        Client {
+            addr: self.addr,
+            config: Arc::new(c),
+            h2: true,
+        }
+    }
+
+    /// Opens a TLS connection and returns the stream (for handshake-level assertions).
+    pub async fn connect(&self) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        TlsConnector::from(self.config.clone())
+            .connect(ServerName::try_from("localhost").unwrap(), tcp)
+            .await
+    }
+
+    /// One request on a fresh connection.
+    pub async fn send(&self, req: Request<Full<Bytes>>) -> std::io::Result<Resp> {
+        let tls = self.connect().await?;
+        let io = TokioIo::new(tls);
+        let resp = if self.h2 {
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .map_err(std::io::Error::other)?;
+            tokio::spawn(conn);
+            send.send_request(req)
+                .await
+                .map_err(std::io::Error::other)?
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(std::io::Error::other)?;
+            tokio::spawn(conn);
+            send.send_request(req)
+                .await
+                .map_err(std::io::Error::other)?
+        };
+        let (parts, body) = resp.into_parts();
+        let body = tokio::time::timeout(Duration::from_secs(10), body.collect())
+            .await
+            .map_err(std::io::Error::other)?
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        Ok(Resp {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Resp {
+        let mut b = Request::builder()
+            .method(method)
+            .uri(format!("https://localhost:{}{path}", self.addr.port()));
+        if !self.h2 {
+            b = b.header("host", format!("localhost:{}", self.addr.port()));
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.send(b.body(Full::new(body.into())).unwrap())
+            .await
+            .unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.request(Method::GET, path, &[], Bytes::new()).await
+    }
+
+    pub async fn post_json(&self, path: &str, body: &serde_json::Value) -> Resp {
+        self.request(
+            Method::POST,
+            path,
+            &[("content-type", "application/json")],
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+    }
+
+    /// Reviews `token` (v1, spec.audiences = `audiences`) at the v1 path.
+    pub async fn review(&self, token: &str, audiences: &[&str]) -> Resp {
+        self.post_json(
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            &review_body("authentication.k8s.io/v1", token, audiences),
+        )
+        .await
+    }
+}
+
+pub fn review_body(api_version: &str, token: &str, audiences: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": api_version,
+        "kind": "TokenReview",
+        "spec": {"token": token, "audiences": audiences},
+    })
+}
+
+/// Polls `f` until it returns true, up to `secs` seconds.
+#[macro_export]
+macro_rules! assert_eventually {
+    ($secs:expr, $cond:expr, $($msg:tt)+) => {{
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs($secs);
+        loop {
+            if $cond {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!($($msg)+);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+    }};
+}

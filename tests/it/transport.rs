@@ -1,0 +1,117 @@
+//! TLS only, and caller authentication: client certificates (with names) and bearer tokens.
+
+use std::io::{Read, Write};
+
+use crate::support::{Ca, Client, Opts, TestServer};
+
+#[tokio::test]
+async fn plain_http_gets_no_answer() {
+    let s = TestServer::start(Opts::default()).await;
+    let addr = s.addr;
+    let got = tokio::task::spawn_blocking(move || {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        tcp.write_all(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = tcp.read_to_end(&mut buf);
+        buf
+    })
+    .await
+    .unwrap();
+    assert!(
+        !got.starts_with(b"HTTP/"),
+        "plaintext HTTP was answered: {got:?}"
+    );
+    // The TLS port still serves TLS clients.
+    assert_eq!(s.client().get("/livez").await.status, 200);
+}
+
+#[tokio::test]
+async fn client_certificates() {
+    let s = TestServer::start(Opts::default()).await;
+    // Signed by the CA and named kube-apiserver: allowed.
+    assert_eq!(s.client().review("bob-token", &[]).await.status, 201);
+    // No certificate: 401 Status.
+    let r = s.anonymous().review("bob-token", &[]).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["reason"], "Unauthorized");
+    // Signed by the CA, but a name not on the list: 403 naming the user.
+    let other = s.ca.client("someone-else");
+    let r = Client::new(s.addr, &s.ca.pem, Some(&other))
+        .review("bob-token", &[])
+        .await;
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.json()["message"],
+        "tokenreviews.authentication.k8s.io is forbidden: User \"someone-else\" cannot create resource \"tokenreviews\" in API group \"authentication.k8s.io\" at the cluster scope"
+    );
+    // A certificate from another CA fails the handshake.
+    let stranger = Ca::new("other CA").client("kube-apiserver");
+    let c = Client::new(s.addr, &s.ca.pem, Some(&stranger));
+    let failed = match c.connect().await {
+        Err(_) => true,
+        // TLS 1.3: the client learns of the rejection on its first read.
+        Ok(_) => c
+            .send(
+                http::Request::builder()
+                    .uri("/livez")
+                    .header("host", "localhost")
+                    .body(http_body_util::Full::new(bytes::Bytes::new()))
+                    .unwrap(),
+            )
+            .await
+            .is_err(),
+    };
+    assert!(failed, "a certificate from another CA was accepted");
+    // Health needs no credential.
+    assert_eq!(s.anonymous().get("/readyz").await.status, 200);
+}
+
+#[tokio::test]
+async fn caller_bearer_tokens() {
+    let s = TestServer::start(Opts {
+        client_names: None,
+        caller_tokens: Some("apiserver-secret,kube-apiserver,1\n".into()),
+        ..Opts::default()
+    })
+    .await;
+    let c = s.anonymous();
+    let post = |auth: Option<&'static str>| {
+        let c = c.clone();
+        async move {
+            let mut h = vec![("content-type", "application/json")];
+            if let Some(a) = auth {
+                h.push(("authorization", a));
+            }
+            c.request(
+                http::Method::POST,
+                "/authenticate",
+                &h,
+                serde_json::to_vec(&crate::support::review_body(
+                    "authentication.k8s.io/v1beta1",
+                    "bob-token",
+                    &[],
+                ))
+                .unwrap(),
+            )
+            .await
+        }
+    };
+    assert_eq!(post(Some("Bearer apiserver-secret")).await.status, 201);
+    assert_eq!(post(Some("Bearer wrong")).await.status, 401);
+    assert_eq!(post(None).await.status, 401);
+    // /metrics is guarded the same way.
+    assert_eq!(c.get("/metrics").await.status, 401);
+}
+
+#[tokio::test]
+async fn open_endpoint_without_callers_section() {
+    let s = TestServer::start(Opts {
+        client_names: None,
+        ..Opts::default()
+    })
+    .await;
+    assert_eq!(s.anonymous().review("bob-token", &[]).await.status, 201);
+}
