@@ -13,6 +13,19 @@ impl UnixTime {
     }
 }
 
+impl UnixTime {
+    /// RFC 3339 in UTC at second precision, as `metav1.Time` serialises:
+    /// `2026-01-01T00:00:00Z`.
+    pub fn rfc3339(self) -> String {
+        let t = i64::try_from(self.0)
+            .ok()
+            .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+        t.format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default()
+    }
+}
+
 /// Where `now` comes from.
 #[derive(Debug, Clone, Copy, Default)]
 pub enum Clock {

@@ -17,6 +17,8 @@ use time::{Duration, OffsetDateTime};
 use crate::clock::Clock;
 use crate::config::file::{FileConfig, VerifierConfig, render_commented};
 use crate::kubeconfig::{Kubeconfig, Source};
+use crate::mint::accounts::{AccountEntry, ObjectEntry};
+use crate::mint::policy::Rule;
 use crate::verify::static_file::HASH_PREFIX;
 
 /// Name (CN) of the client certificate kube-apiserver presents.
@@ -71,6 +73,8 @@ pub struct DevFiles {
     pub admin_key: PathBuf,
     /// `tokens.csv`
     pub tokens: PathBuf,
+    /// `sa-signing.key`: signs minted service-account tokens.
+    pub signing_key: PathBuf,
     /// `tokenhook.toml`
     pub config: PathBuf,
     /// `webhook-kubeconfig.yaml`
@@ -94,6 +98,7 @@ impl DevFiles {
             admin_crt: f("admin.crt"),
             admin_key: f("admin.key"),
             tokens: f("tokens.csv"),
+            signing_key: f("sa-signing.key"),
             config: f("tokenhook.toml"),
             webhook_kubeconfig: f("webhook-kubeconfig.yaml"),
             admin_kubeconfig: f("admin-kubeconfig.yaml"),
@@ -107,6 +112,7 @@ impl DevFiles {
             ("serving certificate", &self.server_crt),
             ("kube-apiserver client certificate", &self.apiserver_crt),
             ("static tokens", &self.tokens),
+            ("service-account signing key", &self.signing_key),
             ("configuration", &self.config),
             (
                 "kube-apiserver webhook kubeconfig",
@@ -274,6 +280,13 @@ pub fn prepare(dir: &Path, listen: &str) -> Result<(DevFiles, Vec<PathBuf>), Dev
         created.push(files.tokens.clone());
     }
 
+    if !files.signing_key.exists() {
+        let pem = crate::mint::keys::generate_pem(crate::mint::keys::Alg::RS256)
+            .map_err(|e| pki(format!("generating the signing key: {e}")))?;
+        create(&files.signing_key, &pem, true)?;
+        created.push(files.signing_key.clone());
+    }
+
     if !files.config.exists() {
         let mut c = FileConfig::default();
         c.server.listen = listen.to_owned();
@@ -282,8 +295,32 @@ pub fn prepare(dir: &Path, listen: &str) -> Result<(DevFiles, Vec<PathBuf>), Dev
         c.callers.client_ca_file = Some("ca.crt".into());
         c.callers.allowed_names = vec![APISERVER_CN.into(), ADMIN_CN.into()];
         c.log.format = "text".into();
-        c.verifiers = vec![VerifierConfig::Static {
-            file: "tokens.csv".into(),
+        c.verifiers = vec![
+            VerifierConfig::Static {
+                file: "tokens.csv".into(),
+            },
+            VerifierConfig::ServiceAccount {},
+        ];
+        c.mint.issuer = Some(format!("https://{listen}"));
+        c.mint.signing_key_file = Some("sa-signing.key".into());
+        c.mint.service_accounts = vec![AccountEntry {
+            namespace: "default".into(),
+            name: "default".into(),
+            uid: None,
+            pods: vec![ObjectEntry {
+                name: "demo".into(),
+                uid: None,
+            }],
+            secrets: vec![],
+            nodes: vec![],
+        }];
+        c.mint.policy = vec![Rule {
+            users: vec![ADMIN_CN.into()],
+            groups: vec!["system:masters".into()],
+            namespaces: vec!["*".into()],
+            service_accounts: vec!["*".into()],
+            audiences: vec!["*".into()],
+            max_expiration_seconds: None,
         }];
         create(&files.config, render_commented(&c).as_bytes(), false)?;
         created.push(files.config.clone());

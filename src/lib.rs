@@ -12,6 +12,7 @@ pub mod dev;
 pub mod k8s;
 pub mod kubeconfig;
 pub mod metrics;
+pub mod mint;
 pub mod reload;
 pub mod review;
 pub mod server;

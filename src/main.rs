@@ -76,12 +76,33 @@ enum Command {
     },
     /// Read a token on stdin, print the value to store in a token file instead of it.
     HashToken,
+    /// Service-account signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a new private key (PKCS#8 PEM, mode 0600) for [mint] signing_key_file.
+    Generate {
+        /// RS256 (default), ES256, ES384, ES512 or EdDSA.
+        #[arg(long, default_value = "RS256")]
+        algorithm: String,
+        /// File to create; it must not exist.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::HashToken => hash_token(),
+        Command::Keys {
+            command: KeysCommand::Generate { algorithm, out },
+        } => generate_key(&algorithm, &out),
         Command::Kubeconfig {
             server,
             certificate_authority,
@@ -147,6 +168,39 @@ fn hash_token() -> anyhow::Result<ExitCode> {
         anyhow::bail!("no token on stdin");
     }
     println!("{}", tokenhook::verify::static_file::hash_entry(token));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn generate_key(algorithm: &str, out: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    use tokenhook::mint::keys::{Alg, KeySet, generate_pem};
+    let alg = match algorithm {
+        "RS256" => Alg::RS256,
+        "ES256" => Alg::ES256,
+        "ES384" => Alg::ES384,
+        "ES512" => Alg::ES512,
+        "EdDSA" => Alg::EdDSA,
+        other => {
+            anyhow::bail!("unknown --algorithm {other:?}: RS256, ES256, ES384, ES512 or EdDSA")
+        }
+    };
+    let pem = generate_pem(alg).context("generating the key")?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(out)
+        .with_context(|| format!("creating {}", out.display()))?;
+    f.write_all(&pem)
+        .with_context(|| format!("writing {}", out.display()))?;
+    let keys = KeySet::load(out, &[]).context("reading the new key back")?;
+    println!(
+        "wrote {} ({}, kid {})",
+        out.display(),
+        alg.as_str(),
+        keys.signing.public.kid
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub reloads: IntCounterVec,
     /// `tokenhook_serving_certificate_expiry_timestamp_seconds`.
     pub cert_expiry: IntGauge,
+    /// `tokenhook_tokens_minted_total{namespace}` (namespaces come from the registry only).
+    pub tokens_minted: IntCounterVec,
     /// `tokenhook_build_info{version}`, always 1.
     pub build_info: IntGaugeVec,
 }
@@ -106,6 +108,11 @@ impl Metrics {
             cert_expiry: gauge(
                 "tokenhook_serving_certificate_expiry_timestamp_seconds",
                 "Expiry (notAfter) of the serving certificate in use, as a Unix timestamp.",
+            )?,
+            tokens_minted: counter(
+                "tokenhook_tokens_minted_total",
+                "Service-account tokens minted, by namespace.",
+                &["namespace"],
             )?,
             build_info: {
                 let g = IntGaugeVec::new(

@@ -3,38 +3,21 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, USER_AGENT, WARNING};
-use http::{HeaderMap, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
+use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::cache::{Cached, VerdictCache};
 use crate::k8s::Status;
-use crate::k8s::codec::{self, DecodeError, FieldValidation, warning_header};
+use crate::k8s::codec::{self, DecodeError, FieldValidation};
 use crate::k8s::query::CreateOptions;
 use crate::k8s::token_review::{ApiVersion, TokenReview, TokenReviewStatus};
+use crate::server::body::{self, Media};
 use crate::server::http_error::{Body, json, status_response};
 use crate::server::{App, ConnInfo};
 use crate::verify::{Outcome, Token, VerifyError};
 
-/// Media types the review endpoint decodes.
-const ACCEPTED: &[&str] = &["application/json"];
-
 /// Seconds kube-apiserver is asked to wait before retrying a review we could not check.
 const RETRY_AFTER_SECONDS: u32 = 1;
-
-/// kube's `isPrettyPrint` fallback: curl, Wget and browsers get indented JSON.
-pub fn user_agent_wants_pretty(headers: &HeaderMap) -> bool {
-    headers
-        .get(USER_AGENT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ua| {
-            ["curl", "Wget", "Mozilla/5.0"]
-                .iter()
-                .any(|p| ua.starts_with(p))
-        })
-}
 
 /// `status.audiences` for an identity, or `None` when it is not valid for the request.
 ///
@@ -68,7 +51,7 @@ pub async fn handle(
     default_version: ApiVersion,
 ) -> Response<Body> {
     let started = Instant::now();
-    let pretty_hint = user_agent_wants_pretty(req.headers());
+    let pretty_hint = body::user_agent_wants_pretty(req.headers());
     if let Err(st) = app
         .callers
         .check(conn.client_cert.as_ref(), req.headers(), "tokenreviews")
@@ -78,10 +61,10 @@ pub async fn handle(
     }
     let (parts, body) = req.into_parts();
     // kube-apiserver's order: media type, body size, query options, decode.
-    if !content_type_ok(&parts.headers) {
-        return status_response(&Status::unsupported_media_type(ACCEPTED), pretty_hint);
+    if let Err(st) = body::media_type(&parts.headers, &[Media::Json]) {
+        return status_response(&st, pretty_hint);
     }
-    let body = match read_body(app, &parts.headers, body).await {
+    let body = match body::read(app, &parts.headers, body).await {
         Ok(b) => b,
         Err(st) => return status_response(&st, pretty_hint),
     };
@@ -156,11 +139,7 @@ pub async fn handle(
         StatusCode::CREATED,
         codec::encode(&review.respond(version, &cached.status), pretty),
     );
-    for w in warnings {
-        if let Ok(v) = HeaderValue::from_str(&warning_header(&w)) {
-            r.headers_mut().append(WARNING, v);
-        }
-    }
+    body::add_warnings(&mut r, &warnings);
     r
 }
 
@@ -180,11 +159,13 @@ async fn decide(
     };
     let cached = match decision.outcome {
         Outcome::Authenticated(id) => {
-            match audiences(
-                spec_audiences,
-                &app.config.api_audiences,
-                id.audiences.as_deref(),
-            ) {
+            // Agnostic identities go by the configured API audiences alone (none: valid
+            // behind any apiserver); bound ones default to what minted tokens default to.
+            let api = match id.audiences {
+                None => &app.config.api_audiences,
+                Some(_) => &app.default_audiences,
+            };
+            match audiences(spec_audiences, api, id.audiences.as_deref()) {
                 Some(auds) => {
                     let ttl = id
                         .expires_at
@@ -230,37 +211,6 @@ async fn decide(
         Outcome::NotMine => negative(TokenReviewStatus::unauthenticated()),
     };
     Ok(Arc::new(cached))
-}
-
-fn content_type_ok(headers: &HeaderMap) -> bool {
-    let Some(v) = headers.get(CONTENT_TYPE) else {
-        return true; // kube defaults a missing Content-Type to JSON
-    };
-    let Ok(v) = v.to_str() else { return false };
-    let media = v.split(';').next().unwrap_or("").trim();
-    media.is_empty() || ACCEPTED.iter().any(|a| media.eq_ignore_ascii_case(a))
-}
-
-async fn read_body(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Status> {
-    let limit = app.config.limits.max_body_bytes;
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(Status::too_large(limit));
-    }
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match tokio::time::timeout(app.config.limits.body_read_timeout, limited.collect()).await {
-        Err(_) => Err(Status::failure(
-            408,
-            crate::k8s::Reason::Timeout,
-            "the request body was not received in time",
-        )),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Status::too_large(limit)),
-        Ok(Err(_)) => Err(Status::bad_request("the request body could not be read")),
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-    }
 }
 
 /// Decodes and checks apiVersion/kind, returning the review, the version to answer in, and

@@ -3,6 +3,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+use crate::mint::accounts::AccountEntry;
+use crate::mint::policy::Rule;
+
 /// The whole configuration file. Env: `TOKENHOOK_<SECTION>__<KEY>`, e.g. `TOKENHOOK_SERVER__LISTEN`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -17,6 +20,8 @@ pub struct FileConfig {
     pub cache: CacheSection,
     /// Logging.
     pub log: LogSection,
+    /// Minting service-account tokens (TokenRequest) and OIDC discovery.
+    pub mint: MintSection,
     /// The verifier chain, in order.
     pub verifiers: Vec<VerifierConfig>,
 }
@@ -133,6 +138,47 @@ impl Default for LogSection {
     }
 }
 
+/// `[mint]`: unset `issuer` (default) turns minting, discovery and the `service_account`
+/// verifier off.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MintSection {
+    /// `iss` of minted tokens and the OIDC discovery issuer (an https URL). Env `TOKENHOOK_MINT__ISSUER`.
+    pub issuer: Option<String>,
+    /// `jwks_uri` published in discovery. Default `<issuer>/openid/v1/jwks`.
+    pub jwks_uri: Option<String>,
+    /// Active signing key: PEM (PKCS#8, RSA or EC) or JWK with its private part. Reloaded on change.
+    pub signing_key_file: Option<PathBuf>,
+    /// Further keys tokens may still be verified with (PEM public or private keys, JWK, JWKS).
+    pub verify_key_files: Vec<PathBuf>,
+    /// Revocation list (`jti=…`, `serviceaccount=NS/NAME`, `uid=…` lines). Reloaded on change.
+    pub revocations_file: Option<PathBuf>,
+    /// Longest token minted, in seconds (0 = no limit). Default 86400.
+    pub max_expiration_seconds: u64,
+    /// kube's `--service-account-extend-token-expiration` for pod-bound 3607 s requests. Default false.
+    pub extend_expiration: bool,
+    /// The service accounts that exist.
+    pub service_accounts: Vec<AccountEntry>,
+    /// Who may mint what. Empty (default): nobody.
+    pub policy: Vec<Rule>,
+}
+
+impl Default for MintSection {
+    fn default() -> Self {
+        MintSection {
+            issuer: None,
+            jwks_uri: None,
+            signing_key_file: None,
+            verify_key_files: Vec::new(),
+            revocations_file: None,
+            max_expiration_seconds: 86_400,
+            extend_expiration: false,
+            service_accounts: Vec::new(),
+            policy: Vec::new(),
+        }
+    }
+}
+
 /// One `[[verifiers]]` entry, tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -142,6 +188,8 @@ pub enum VerifierConfig {
         /// The CSV file; reloaded when it changes.
         file: PathBuf,
     },
+    /// `type = "service_account"`: tokens minted by this tokenhook (`[mint]`), all current keys.
+    ServiceAccount {},
 }
 
 /// Renders `c` as a commented TOML file showing every setting.
@@ -234,6 +282,7 @@ level = {llvl}
         lfmt = q(&c.log.format),
         llvl = q(&c.log.level),
     );
+    out.push_str(&render_mint(&c.mint));
     out.push_str(
         "\n# The verifier chain, tried in order; the first that recognises a token decides.\n",
     );
@@ -243,6 +292,115 @@ level = {llvl}
                 "\n[[verifiers]]\n# kube --token-auth-file CSV: token,user,uid[,\"groups\"[,\"audiences\"[,\"key=value,...\"]]]\ntype = \"static\"\nfile = {}\n",
                 q(&file.to_string_lossy())
             )),
+            VerifierConfig::ServiceAccount {} => out.push_str(
+                "\n[[verifiers]]\n# Tokens minted by this tokenhook ([mint]), checked against every current key.\ntype = \"service_account\"\n",
+            ),
+        }
+    }
+    out
+}
+
+fn render_mint(m: &MintSection) -> String {
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let list = |v: &[String]| {
+        format!(
+            "[{}]",
+            v.iter().map(|s| q(s)).collect::<Vec<_>>().join(", ")
+        )
+    };
+    let opt = |key: &str, v: &Option<String>, example: &str| match v {
+        Some(v) => format!("{key} = {}", q(v)),
+        None => format!("# {key} = {example}"),
+    };
+    let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+    let mut out = format!(
+        r#"
+[mint]
+# TokenRequest minting (POST /api/v1/namespaces/NS/serviceaccounts/NAME/token) and OIDC
+# discovery. Unset issuer: all of it is off.
+{issuer}
+# Published in /.well-known/openid-configuration; default <issuer>/openid/v1/jwks.
+{jwks}
+# Active signing key (PEM or JWK; RSA -> RS256, EC P-256 -> ES256, Ed25519 -> EdDSA).
+# `tokenhook keys generate --algorithm RS256 --out FILE` makes one.
+{signing}
+# Keys tokens may still be verified with after a rotation (PEM or JWK/JWKS).
+verify_key_files = {verify}
+# Revocation list: lines jti=..., serviceaccount=NS/NAME, uid=...
+{revocations}
+# Longest token minted, in seconds (0 = no limit); longer requests are shortened with a warning.
+max_expiration_seconds = {max}
+# kube's --service-account-extend-token-expiration for pod-bound 3607-second requests.
+extend_expiration = {extend}
+"#,
+        issuer = opt("issuer", &m.issuer, "\"https://tokenhook.example.com\""),
+        jwks = opt(
+            "jwks_uri",
+            &m.jwks_uri,
+            "\"https://tokenhook.example.com/openid/v1/jwks\""
+        ),
+        signing = opt(
+            "signing_key_file",
+            &path(&m.signing_key_file),
+            "\"sa-signing.key\""
+        ),
+        verify = list(
+            &m.verify_key_files
+                .iter()
+                .map(|p| p.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+        ),
+        revocations = opt(
+            "revocations_file",
+            &path(&m.revocations_file),
+            "\"revocations.txt\""
+        ),
+        max = m.max_expiration_seconds,
+        extend = m.extend_expiration,
+    );
+    out.push_str(
+        "\n# Service accounts that exist; uid is derived from namespace/name when omitted.\n",
+    );
+    for a in &m.service_accounts {
+        out.push_str(&format!(
+            "[[mint.service_accounts]]\nnamespace = {}\nname = {}\n",
+            q(&a.namespace),
+            q(&a.name)
+        ));
+        if let Some(u) = &a.uid {
+            out.push_str(&format!("uid = {}\n", q(u)));
+        }
+        for (key, objs) in [
+            ("pods", &a.pods),
+            ("secrets", &a.secrets),
+            ("nodes", &a.nodes),
+        ] {
+            let items: Vec<String> = objs
+                .iter()
+                .map(|o| match &o.uid {
+                    Some(u) => format!("{{ name = {}, uid = {} }}", q(&o.name), q(u)),
+                    None => format!("{{ name = {} }}", q(&o.name)),
+                })
+                .collect();
+            if !items.is_empty() {
+                out.push_str(&format!("{key} = [{}]\n", items.join(", ")));
+            }
+        }
+    }
+    out.push_str(
+        "\n# Who may mint: callers (users or groups) -> namespaces, accounts, audiences (globs).\n",
+    );
+    for r in &m.policy {
+        out.push_str(&format!(
+            "[[mint.policy]]\nusers = {}\ngroups = {}\nnamespaces = {}\nservice_accounts = {}\naudiences = {}\n",
+            list(&r.users),
+            list(&r.groups),
+            list(&r.namespaces),
+            list(&r.service_accounts),
+            list(&r.audiences)
+        ));
+        if let Some(m) = r.max_expiration_seconds {
+            out.push_str(&format!("max_expiration_seconds = {m}\n"));
         }
     }
     out

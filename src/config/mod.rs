@@ -9,7 +9,7 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 
 pub use file::FileConfig;
-pub use validate::{CallerPolicy, Config, Limits, LogConfig, VerifierSpec};
+pub use validate::{CallerPolicy, Config, Limits, LogConfig, MintConfig, VerifierSpec};
 
 /// Why configuration could not be loaded. Loading binds no ports and reads no key material.
 #[derive(Debug, thiserror::Error)]

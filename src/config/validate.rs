@@ -4,8 +4,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::file::{FileConfig, VerifierConfig};
+use super::file::{FileConfig, MintSection, VerifierConfig};
 use crate::cache::CacheConfig;
+use crate::mint::accounts::Registry;
+use crate::mint::policy::Policy;
 
 /// Validated configuration: everything parsed, nothing left to check at run time.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +34,31 @@ pub struct Config {
     pub log: LogConfig,
     /// The chain, in order.
     pub verifiers: Vec<VerifierSpec>,
+    /// Minting, when `[mint] issuer` is set.
+    pub mint: Option<MintConfig>,
+}
+
+/// Validated `[mint]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MintConfig {
+    /// `iss`.
+    pub issuer: String,
+    /// Discovery `jwks_uri`.
+    pub jwks_uri: String,
+    /// Active key file.
+    pub signing_key_file: PathBuf,
+    /// Verify-only key files.
+    pub verify_key_files: Vec<PathBuf>,
+    /// Revocation list file.
+    pub revocations_file: Option<PathBuf>,
+    /// Global ceiling (None = none).
+    pub max_expiration_seconds: Option<u64>,
+    /// kube's extend-token-expiration.
+    pub extend_expiration: bool,
+    /// Accounts.
+    pub registry: Registry,
+    /// Who may mint.
+    pub policy: Policy,
 }
 
 /// Request and connection limits.
@@ -86,6 +113,8 @@ pub enum VerifierSpec {
         /// The file.
         file: PathBuf,
     },
+    /// Tokens minted by `[mint]`.
+    ServiceAccount,
 }
 
 /// Paths that `webhook_path` may not shadow.
@@ -196,8 +225,15 @@ pub fn validate(f: &FileConfig, base: &Path) -> Result<Config, Vec<String>> {
         .iter()
         .map(|v| match v {
             VerifierConfig::Static { file } => VerifierSpec::Static { file: rel(file) },
+            VerifierConfig::ServiceAccount {} => VerifierSpec::ServiceAccount,
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let mint = validate_mint(&f.mint, &rel, &mut errs);
+    if mint.is_none() && verifiers.contains(&VerifierSpec::ServiceAccount) {
+        errs.push(
+            "verifiers: type = \"service_account\" needs [mint] issuer and signing_key_file".into(),
+        );
+    }
 
     match (listen, cert_file, key_file) {
         (Some(listen), Some(cert_file), Some(key_file)) if errs.is_empty() => Ok(Config {
@@ -231,7 +267,79 @@ pub fn validate(f: &FileConfig, base: &Path) -> Result<Config, Vec<String>> {
                 filter: f.log.level.clone(),
             },
             verifiers,
+            mint,
         }),
         _ => Err(errs),
     }
+}
+
+fn validate_mint(
+    m: &MintSection,
+    rel: &dyn Fn(&PathBuf) -> PathBuf,
+    errs: &mut Vec<String>,
+) -> Option<MintConfig> {
+    let Some(issuer) = &m.issuer else {
+        let set = m.signing_key_file.is_some()
+            || !m.verify_key_files.is_empty()
+            || m.revocations_file.is_some()
+            || !m.service_accounts.is_empty()
+            || !m.policy.is_empty()
+            || m.jwks_uri.is_some();
+        if set {
+            errs.push("mint.issuer: required when any other [mint] setting is given".into());
+        }
+        return None;
+    };
+    let https_url = |s: &str| {
+        s.strip_prefix("https://")
+            .is_some_and(|rest| !rest.is_empty() && !rest.contains(['?', '#', ' ']))
+    };
+    let before = errs.len();
+    if !https_url(issuer) {
+        errs.push(format!(
+            "mint.issuer: {issuer:?} must be an https:// URL without query or fragment"
+        ));
+    }
+    let jwks_uri = m
+        .jwks_uri
+        .clone()
+        .unwrap_or_else(|| format!("{}/openid/v1/jwks", issuer.trim_end_matches('/')));
+    if !https_url(&jwks_uri) {
+        errs.push(format!(
+            "mint.jwks_uri: {jwks_uri:?} must be an https:// URL"
+        ));
+    }
+    if m.signing_key_file.is_none() {
+        errs.push("mint.signing_key_file: required when mint.issuer is set".into());
+    }
+    let registry = Registry::new(&m.service_accounts)
+        .map_err(|e| errs.extend(e))
+        .ok();
+    for (i, r) in m.policy.iter().enumerate() {
+        if r.users.is_empty() && r.groups.is_empty() {
+            errs.push(format!(
+                "mint.policy[{i}]: names no users and no groups, so it can never match"
+            ));
+        }
+        if r.max_expiration_seconds.is_some_and(|m| m < 600) {
+            errs.push(format!("mint.policy[{i}].max_expiration_seconds: below the 600-second minimum of every token"));
+        }
+    }
+    if m.max_expiration_seconds != 0 && m.max_expiration_seconds < 600 {
+        errs.push("mint.max_expiration_seconds: below the 600-second minimum of every token (0 = no limit)".into());
+    }
+    if errs.len() != before {
+        return None;
+    }
+    Some(MintConfig {
+        issuer: issuer.clone(),
+        jwks_uri,
+        signing_key_file: rel(m.signing_key_file.as_ref()?),
+        verify_key_files: m.verify_key_files.iter().map(rel).collect(),
+        revocations_file: m.revocations_file.as_ref().map(rel),
+        max_expiration_seconds: (m.max_expiration_seconds != 0).then_some(m.max_expiration_seconds),
+        extend_expiration: m.extend_expiration,
+        registry: registry?,
+        policy: Policy::new(m.policy.clone()),
+    })
 }

@@ -2,8 +2,10 @@
 
 pub mod codec;
 pub mod meta;
+pub mod protobuf;
 pub mod query;
 pub mod status;
+pub mod token_request;
 pub mod token_review;
 
 pub use status::{Reason, Status, StatusCause, StatusDetails};

@@ -227,6 +227,63 @@ impl Status {
         })
     }
 
+    /// 404 for a missing object, as `apierrors.NewNotFound`: `pods "x" not found`.
+    pub fn not_found(group: &str, resource: &str, name: &str) -> Self {
+        Self::failure(
+            404,
+            Reason::NotFound,
+            format!("{} \"{name}\" not found", qualify(resource, group)),
+        )
+        .with_details(StatusDetails {
+            name: name.to_owned(),
+            group: group.to_owned(),
+            kind: resource.to_owned(),
+            ..StatusDetails::default()
+        })
+    }
+
+    /// 409, as `apierrors.NewConflict`: `Operation cannot be fulfilled on X "name": why`.
+    pub fn conflict(group: &str, resource: &str, name: &str, why: &str) -> Self {
+        Self::failure(
+            409,
+            Reason::Conflict,
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                qualify(resource, group)
+            ),
+        )
+        .with_details(StatusDetails {
+            name: name.to_owned(),
+            group: group.to_owned(),
+            kind: resource.to_owned(),
+            ..StatusDetails::default()
+        })
+    }
+
+    /// 403 for a namespaced (sub)resource, as `apierrors.NewForbidden` with the authorizer's
+    /// reason appended.
+    pub fn forbidden_namespaced(
+        resource: &str,
+        subresource: &str,
+        name: &str,
+        user: &str,
+        namespace: &str,
+        reason: &str,
+    ) -> Self {
+        Self::failure(
+            403,
+            Reason::Forbidden,
+            format!(
+                "{resource} \"{name}\" is forbidden: User \"{user}\" cannot create resource \"{resource}/{subresource}\" in API group \"\" in the namespace \"{namespace}\": {reason}"
+            ),
+        )
+        .with_details(StatusDetails {
+            name: name.to_owned(),
+            kind: resource.to_owned(),
+            ..StatusDetails::default()
+        })
+    }
+
     /// 503 with `retryAfterSeconds`, for "could not check, try again".
     pub fn service_unavailable(message: impl Into<String>, retry_after: u32) -> Self {
         Self::failure(503, Reason::ServiceUnavailable, message).with_details(StatusDetails {
@@ -242,6 +299,15 @@ impl Status {
             Reason::InternalError,
             format!("Internal error occurred: {}", message.into()),
         )
+    }
+}
+
+/// `resource.group`, or `resource` for the core group.
+fn qualify(resource: &str, group: &str) -> String {
+    if group.is_empty() {
+        resource.to_owned()
+    } else {
+        format!("{resource}.{group}")
     }
 }
 

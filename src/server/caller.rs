@@ -15,6 +15,8 @@ pub struct ClientCert {
     pub common_name: String,
     /// DNS SANs.
     pub dns_names: Vec<String>,
+    /// Subject O values (kube's groups for a certificate).
+    pub organizations: Vec<String>,
 }
 
 impl ClientCert {
@@ -43,9 +45,15 @@ impl ClientCert {
                     .collect()
             })
             .unwrap_or_default();
+        let organizations = cert
+            .subject()
+            .iter_organization()
+            .filter_map(|o| o.as_str().ok().map(str::to_owned))
+            .collect();
         Some(ClientCert {
             common_name,
             dns_names,
+            organizations,
         })
     }
 

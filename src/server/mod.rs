@@ -1,5 +1,6 @@
 //! The server: builds everything from a `Config`, binds, accepts TLS connections, serves HTTP/1.1 and HTTP/2, drains on shutdown.
 
+pub mod body;
 pub mod caller;
 pub mod http_error;
 pub mod routes;
@@ -25,9 +26,12 @@ use crate::cache::VerdictCache;
 use crate::clock::Clock;
 use crate::config::{Config, VerifierSpec};
 use crate::metrics::Metrics;
+use crate::mint::issuer::{Issuer, IssuerConfig};
+use crate::mint::keys::KeySet;
+use crate::mint::revocations::Revocations;
 use crate::reload::{self, Watched};
 use crate::verify::static_file::{TokenFileError, TokenTable};
-use crate::verify::{AnyVerifier, Chain, Digest, StaticFile};
+use crate::verify::{AnyVerifier, Chain, Digest, ServiceAccount, StaticFile};
 use caller::{CallerAuth, ClientCert};
 
 /// Why the server could not start.
@@ -58,6 +62,17 @@ pub enum BindError {
         /// What is wrong.
         #[source]
         source: TokenFileError,
+    },
+    /// A signing or verification key is unusable.
+    #[error("loading service-account keys")]
+    Keys(#[from] crate::mint::keys::KeyError),
+    /// The revocation list is malformed.
+    #[error("loading revocation list {path}: {reason}")]
+    Revocations {
+        /// Which file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
     },
     /// The listen address could not be bound.
     #[error("binding {addr}")]
@@ -91,6 +106,11 @@ pub struct App {
     pub callers: CallerAuth,
     /// Time source.
     pub clock: Clock,
+    /// The token issuer, when `[mint]` is configured.
+    pub issuer: Option<Arc<Issuer>>,
+    /// What an empty audience list means for audience-bound tokens: the API audiences, or
+    /// (as kube's `--api-audiences` defaults to the service-account issuer) the issuer.
+    pub default_audiences: Vec<String>,
     tls: tls::Current,
 }
 
@@ -207,6 +227,14 @@ impl Server {
         let current = tls::Current::new(built.config);
 
         let cache = VerdictCache::new(config.cache.clone());
+        let issuer = match &config.mint {
+            Some(m) => {
+                let (issuer, w) = build_issuer(m, &cache)?;
+                watched.extend(w);
+                Some(issuer)
+            }
+            None => None,
+        };
         let mut verifiers = Vec::new();
         for spec in &config.verifiers {
             match spec {
@@ -222,6 +250,12 @@ impl Server {
                         Some(cache.clone()),
                     ));
                     verifiers.push(AnyVerifier::Static(v));
+                }
+                VerifierSpec::ServiceAccount => {
+                    // validate() refuses this verifier without [mint].
+                    if let Some(i) = &issuer {
+                        verifiers.push(AnyVerifier::ServiceAccount(ServiceAccount::new(i.clone())));
+                    }
                 }
             }
         }
@@ -264,6 +298,11 @@ impl Server {
             metrics: metrics.clone(),
             cache,
             clock,
+            issuer,
+            default_audiences: match (&config.mint, config.api_audiences.is_empty()) {
+                (Some(m), true) => vec![m.issuer.clone()],
+                _ => config.api_audiences.clone(),
+            },
             tls: current,
             config,
         });
@@ -290,6 +329,96 @@ impl Server {
             task,
         })
     }
+}
+
+/// Loads keys and revocations and returns the issuer plus the watchers that reload them;
+/// either reload clears the verdict cache, so a revoked token or a withdrawn key stops
+/// working at once rather than after the cache TTL.
+fn build_issuer(
+    m: &crate::config::MintConfig,
+    cache: &VerdictCache,
+) -> Result<(Arc<Issuer>, Vec<Watched>), BindError> {
+    let keys = KeySet::load(&m.signing_key_file, &m.verify_key_files)?;
+    let mut key_paths = vec![m.signing_key_file.clone()];
+    key_paths.extend(m.verify_key_files.iter().cloned());
+    let key_digests = key_paths
+        .iter()
+        .map(|p| read("key", p).map(|b| Digest::of(&b)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let revocations = match &m.revocations_file {
+        Some(p) => {
+            let bytes = read("revocation list", p)?;
+            let text = String::from_utf8_lossy(&bytes);
+            let r = Revocations::parse(&text).map_err(|reason| BindError::Revocations {
+                path: p.clone(),
+                reason,
+            })?;
+            Some((p.clone(), Digest::of(&bytes), r))
+        }
+        None => None,
+    };
+    let issuer = Issuer::new(
+        IssuerConfig {
+            issuer: m.issuer.clone(),
+            jwks_uri: m.jwks_uri.clone(),
+            registry: m.registry.clone(),
+            signing_key_file: m.signing_key_file.clone(),
+            verify_key_files: m.verify_key_files.clone(),
+        },
+        keys,
+        revocations
+            .as_ref()
+            .map(|(_, _, r)| r.clone())
+            .unwrap_or_default(),
+    );
+    let mut watched = Vec::new();
+    {
+        let (issuer, cache) = (issuer.clone(), cache.clone());
+        watched.push(Watched {
+            source: "signing_keys",
+            paths: key_paths,
+            loaded: key_digests,
+            apply: Box::new(move |_| {
+                let k = KeySet::load(
+                    &issuer.config.signing_key_file,
+                    &issuer.config.verify_key_files,
+                )
+                .map_err(|e| {
+                    format!(
+                        "{e}: {}",
+                        std::error::Error::source(&e)
+                            .map(|s| s.to_string())
+                            .unwrap_or_default()
+                    )
+                })?;
+                let summary = format!(
+                    "active key {}, {} verify-only",
+                    k.signing.public.kid,
+                    k.verify_only.len()
+                );
+                issuer.set_keys(k);
+                cache.invalidate_all();
+                Ok(summary)
+            }),
+        });
+    }
+    if let Some((path, digest, _)) = revocations {
+        let (issuer, cache) = (issuer.clone(), cache.clone());
+        watched.push(Watched {
+            source: "revocations",
+            paths: vec![path],
+            loaded: vec![digest],
+            apply: Box::new(move |c| {
+                let text = String::from_utf8_lossy(c.first().map_or(&[][..], Vec::as_slice));
+                let r = Revocations::parse(&text)?;
+                let summary = format!("{} revocations", r.len());
+                issuer.set_revocations(r);
+                cache.invalidate_all();
+                Ok(summary)
+            }),
+        });
+    }
+    Ok((issuer, watched))
 }
 
 fn tls_watch(app: &Arc<App>, cert: Vec<u8>, key: Vec<u8>, ca: Option<Vec<u8>>) -> Watched {

@@ -14,17 +14,34 @@ use crate::review;
 
 /// What a path is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
+enum Route<'a> {
     Review(ApiVersion),
     Webhook,
+    Mint { namespace: &'a str, name: &'a str },
+    Discovery,
+    Jwks,
+    Version,
     Metrics,
     Health(&'static str),
     NotFound,
 }
 
-impl Route {
-    fn of(app: &App, path: &str) -> Route {
+impl<'a> Route<'a> {
+    fn of(app: &App, path: &'a str) -> Route<'a> {
+        if let Some(rest) = path.strip_prefix("/api/v1/namespaces/") {
+            let mut seg = rest.split('/');
+            if let (Some(namespace), Some("serviceaccounts"), Some(name), Some("token"), None) =
+                (seg.next(), seg.next(), seg.next(), seg.next(), seg.next())
+                && !namespace.is_empty()
+                && !name.is_empty()
+            {
+                return Route::Mint { namespace, name };
+            }
+        }
         match path {
+            "/.well-known/openid-configuration" => Route::Discovery,
+            "/openid/v1/jwks" => Route::Jwks,
+            "/version" => Route::Version,
             "/apis/authentication.k8s.io/v1/tokenreviews" => Route::Review(ApiVersion::V1),
             "/apis/authentication.k8s.io/v1beta1/tokenreviews" => {
                 Route::Review(ApiVersion::V1beta1)
@@ -39,10 +56,14 @@ impl Route {
     }
 
     /// Metric label.
-    fn label(self) -> &'static str {
+    fn label(&self) -> &'static str {
         match self {
             Route::Review(_) => "tokenreviews",
             Route::Webhook => "webhook",
+            Route::Mint { .. } => "token",
+            Route::Discovery => "openid_configuration",
+            Route::Jwks => "jwks",
+            Route::Version => "version",
             Route::Metrics => "metrics",
             Route::Health(h) => h,
             Route::NotFound => "other",
@@ -53,11 +74,18 @@ impl Route {
 /// Serves one request; never fails (every failure is a `Status` response).
 pub async fn handle(app: Arc<App>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    let route = Route::of(&app, req.uri().path());
-    let pretty_hint = review::user_agent_wants_pretty(req.headers());
+    let path = req.uri().path().to_owned();
+    let route = Route::of(&app, &path);
+    let pretty_hint = super::body::user_agent_wants_pretty(req.headers());
     let response = match (route, req.method()) {
         (Route::Review(v), &Method::POST) => review::handle(&app, &conn, req, v).await,
         (Route::Webhook, &Method::POST) => review::handle(&app, &conn, req, ApiVersion::V1).await,
+        (Route::Mint { namespace, name }, &Method::POST) => {
+            crate::mint::handler::handle(&app, &conn, req, namespace, name).await
+        }
+        (Route::Discovery, &Method::GET) => discovery(&app, false),
+        (Route::Jwks, &Method::GET) => discovery(&app, true),
+        (Route::Version, &Method::GET) => version(),
         (Route::Metrics, &Method::GET) => metrics(&app, &conn, &req),
         (Route::Health(name), &Method::GET | &Method::HEAD) => health(name, req.uri().query()),
         (Route::NotFound, _) => status_response(&Status::path_not_found(), pretty_hint),
@@ -73,6 +101,46 @@ pub async fn handle(app: Arc<App>, conn: Arc<ConnInfo>, req: Request<Incoming>) 
         .with_label_values(&[route.label()])
         .observe(started.elapsed().as_secs_f64());
     response
+}
+
+/// OIDC discovery and the JWKS, public as kube's ServiceAccountIssuerDiscovery (404 when
+/// minting is not configured).
+fn discovery(app: &App, jwks: bool) -> Response<Body> {
+    let Some(issuer) = &app.issuer else {
+        return status_response(&Status::path_not_found(), false);
+    };
+    let (doc, content_type) = if jwks {
+        (issuer.jwks(), "application/jwk-set+json")
+    } else {
+        (issuer.discovery(), "application/json")
+    };
+    let mut r = super::http_error::json(StatusCode::OK, crate::k8s::codec::encode(&doc, false));
+    let h = r.headers_mut();
+    h.insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    h.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("public, max-age=3600"),
+    );
+    r
+}
+
+/// `GET /version`, shaped like kube's `version.Info` so clients that ask can parse it.
+fn version() -> Response<Body> {
+    let v = serde_json::json!({
+        "major": "1",
+        "minor": "36",
+        "gitVersion": concat!("v1.36.0+tokenhook-", env!("CARGO_PKG_VERSION")),
+        "gitCommit": "",
+        "gitTreeState": "",
+        "buildDate": "",
+        "goVersion": "",
+        "compiler": "rustc",
+        "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+    });
+    super::http_error::json(StatusCode::OK, crate::k8s::codec::encode(&v, false))
 }
 
 fn metrics(app: &App, conn: &ConnInfo, req: &Request<Incoming>) -> Response<Body> {

@@ -1,5 +1,6 @@
 //! The verifier contract (`Verifier`, `Outcome`), the token newtype, and the ordered chain built from config.
 
+pub mod service_account;
 pub mod static_file;
 
 use std::fmt;
@@ -12,6 +13,7 @@ use crate::clock::UnixTime;
 use crate::k8s::token_review::UserInfo;
 use crate::metrics::Metrics;
 
+pub use service_account::ServiceAccount;
 pub use static_file::StaticFile;
 
 /// SHA-256 of a token: what caches, logs and token files see instead of the token.
@@ -95,6 +97,10 @@ pub enum RejectReason {
     Revoked,
     /// Recognised but malformed.
     Malformed,
+    /// Signed with a key id we do not have.
+    UnknownKey,
+    /// The account or bound object it names is gone or was recreated.
+    Invalidated,
 }
 
 impl RejectReason {
@@ -107,6 +113,8 @@ impl RejectReason {
             RejectReason::AudienceMismatch => "audience_mismatch",
             RejectReason::Revoked => "revoked",
             RejectReason::Malformed => "malformed",
+            RejectReason::UnknownKey => "unknown_kid",
+            RejectReason::Invalidated => "invalidated",
         }
     }
 }
@@ -159,6 +167,8 @@ pub trait Verifier {
 pub enum AnyVerifier {
     /// Static token file.
     Static(StaticFile),
+    /// Tokens this tokenhook minted.
+    ServiceAccount(ServiceAccount),
 }
 
 impl AnyVerifier {
@@ -166,12 +176,14 @@ impl AnyVerifier {
     pub fn kind(&self) -> &'static str {
         match self {
             AnyVerifier::Static(_) => "static",
+            AnyVerifier::ServiceAccount(_) => "service_account",
         }
     }
 
     async fn verify(&self, token: &Token, now: UnixTime) -> Result<Outcome, VerifyError> {
         match self {
             AnyVerifier::Static(v) => v.verify(token, now).await,
+            AnyVerifier::ServiceAccount(v) => v.verify(token, now).await,
         }
     }
 }

@@ -367,3 +367,123 @@ fn kubeconfig_command_renders_a_valid_webhook_kubeconfig() {
         assert!(k["clusters"][0]["cluster"][ca_key].is_string(), "{k}");
     }
 }
+
+fn kubectl(dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(dir.join("admin-kubeconfig.yaml"))
+        .args(args)
+        .output()
+        .expect("kubectl is required for the tests (it is installed on these machines)")
+}
+
+#[tokio::test]
+async fn kubectl_create_token_against_dev_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let (mut child, base, _) = start_dev(&dir);
+    let admin = admin_client(&dir, &base);
+
+    let out = kubectl(&dir, &["create", "token", "default"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let v = admin.review(token.trim(), &[]).await.json();
+    assert_eq!(
+        v["status"]["user"]["username"],
+        "system:serviceaccount:default:default"
+    );
+    assert_eq!(
+        v["status"]["user"]["groups"],
+        serde_json::json!(["system:serviceaccounts", "system:serviceaccounts:default"])
+    );
+    // Minted for the default audience (the issuer), which is what an empty spec means.
+    let issuer = admin.get("/.well-known/openid-configuration").await.json()["issuer"].clone();
+    assert_eq!(v["status"]["audiences"], serde_json::json!([issuer]));
+
+    let out = kubectl(
+        &dir,
+        &[
+            "create",
+            "token",
+            "default",
+            "-n",
+            "default",
+            "--audience",
+            "vault",
+            "--audience",
+            "nomad",
+            "--duration",
+            "15m",
+            "--bound-object-kind",
+            "Pod",
+            "--bound-object-name",
+            "demo",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap();
+    let v = admin.review(token.trim(), &["nomad"]).await.json();
+    assert_eq!(v["status"]["audiences"], serde_json::json!(["nomad"]));
+    assert_eq!(
+        v["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"],
+        serde_json::json!(["demo"])
+    );
+    let payload = token.trim().split('.').nth(1).unwrap();
+    use base64::Engine;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        900
+    );
+
+    // kube's errors come through kubectl as kube's.
+    for (args, want) in [
+        (
+            vec!["create", "token", "nosuch"],
+            "serviceaccounts \"nosuch\" not found",
+        ),
+        (
+            vec!["create", "token", "default", "--duration", "1m"],
+            "may not specify a duration less than 10 minutes",
+        ),
+        (
+            vec![
+                "create",
+                "token",
+                "default",
+                "--bound-object-kind",
+                "Pod",
+                "--bound-object-name",
+                "ghost",
+            ],
+            "pods \"ghost\" not found",
+        ),
+    ] {
+        let out = kubectl(&dir, &args);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    // Over the maximum: kubectl shows kube's warning and still gets a token.
+    let out = kubectl(&dir, &["create", "token", "default", "--duration", "48h"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("requested expiration of 172800 seconds shortened to 86400 seconds")
+    );
+    sigterm(&child);
+    assert!(wait_exit(&mut child).await.success());
+}

@@ -11,6 +11,7 @@ mod support;
 
 mod cli;
 mod errors;
+mod mint;
 mod reload;
 mod review;
 mod transport;

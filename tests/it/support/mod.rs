@@ -90,6 +90,9 @@ pub struct Opts {
     pub caller_tokens: Option<String>,
     /// Static token file contents.
     pub tokens: String,
+    /// Set up minting (issuer, a fresh RS256 key, accounts, policy) and the
+    /// `service_account` verifier.
+    pub mint: bool,
 }
 
 impl Default for Opts {
@@ -99,9 +102,52 @@ impl Default for Opts {
             client_names: Some(vec!["kube-apiserver".into()]),
             caller_tokens: None,
             tokens: TOKENS.into(),
+            mint: false,
         }
     }
 }
+
+/// Issuer of the test mint setup.
+pub const ISSUER: &str = "https://tokenhook.test";
+
+/// The `[mint]` section of the test setup: accounts `ci/builder` (pods `job-1`, `job-2`,
+/// secret `s1`, node `n1`) and `ci/other` (pod `elsewhere`); `alice` (group `developers`)
+/// may mint in `ci` for audiences `vault*` up to an hour; `tokenhook-admin` may mint
+/// anything.
+pub const MINT_TOML: &str = r#"
+[mint]
+issuer = "https://tokenhook.test"
+signing_key_file = "sa.key"
+verify_key_files = ["old.pub"]
+revocations_file = "revocations.txt"
+max_expiration_seconds = 86400
+
+[[mint.service_accounts]]
+namespace = "ci"
+name = "builder"
+uid = "11111111-2222-3333-4444-555555555555"
+pods = [{ name = "job-1", uid = "pod-uid-1" }, { name = "job-2" }]
+secrets = [{ name = "s1", uid = "secret-uid-1" }]
+nodes = [{ name = "n1", uid = "node-uid-1" }]
+
+[[mint.service_accounts]]
+namespace = "ci"
+name = "other"
+pods = [{ name = "elsewhere", uid = "pod-uid-9" }]
+
+[[mint.policy]]
+groups = ["developers"]
+namespaces = ["ci"]
+service_accounts = ["*"]
+audiences = ["vault*", "https://tokenhook.test"]
+max_expiration_seconds = 3600
+
+[[mint.policy]]
+users = ["tokenhook-admin"]
+namespaces = ["*"]
+service_accounts = ["*"]
+audiences = ["*"]
+"#;
 
 /// The standard token file used by most tests.
 pub const TOKENS: &str = "\
@@ -152,9 +198,29 @@ impl TestServer {
             w("callers.csv", t);
             callers.push_str("tokens_file = \"callers.csv\"\n");
         }
+        let mut extra = opts.extra_toml.clone();
+        let mut verifiers = "[[verifiers]]\ntype = \"static\"\nfile = \"tokens.csv\"\n".to_string();
+        if opts.mint {
+            let old =
+                tokenhook::mint::keys::generate_pem(tokenhook::mint::keys::Alg::ES256).unwrap();
+            let old = openssl::pkey::PKey::private_key_from_pem(&old).unwrap();
+            w(
+                "old.key",
+                &String::from_utf8(old.private_key_to_pem_pkcs8().unwrap()).unwrap(),
+            );
+            w(
+                "old.pub",
+                &String::from_utf8(old.public_key_to_pem().unwrap()).unwrap(),
+            );
+            let key =
+                tokenhook::mint::keys::generate_pem(tokenhook::mint::keys::Alg::RS256).unwrap();
+            w("sa.key", &String::from_utf8(key).unwrap());
+            w("revocations.txt", "# nothing revoked\n");
+            extra.push_str(MINT_TOML);
+            verifiers.push_str("[[verifiers]]\ntype = \"service_account\"\n");
+        }
         let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nreload_interval_ms = 50\nshutdown_grace_seconds = 5\n{callers}\n{extra}\n[[verifiers]]\ntype = \"static\"\nfile = \"tokens.csv\"\n",
-            extra = opts.extra_toml
+            "[server]\nlisten = \"127.0.0.1:0\"\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nreload_interval_ms = 50\nshutdown_grace_seconds = 5\n{callers}\n{extra}\n{verifiers}"
         );
         let config_path = w("tokenhook.toml", &toml);
         let config = config::load(

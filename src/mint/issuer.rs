@@ -1,0 +1,323 @@
+//! The token issuer: current keys, registry and revocations; signs new tokens and verifies presented ones.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::accounts::Registry;
+use super::claims::{Claims, username};
+use super::keys::KeySet;
+use super::revocations::Revocations;
+use crate::clock::UnixTime;
+use crate::k8s::token_review::UserInfo;
+use crate::verify::{Identity, Outcome, RejectReason, Rejection};
+
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, as kube's service-account validator.
+pub const LEEWAY_SECONDS: u64 = 60;
+
+/// Extra keys kube's service-account authenticator sets.
+pub const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
+/// See [`EXTRA_POD_NAME`].
+pub const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
+/// See [`EXTRA_POD_NAME`].
+pub const EXTRA_NODE_NAME: &str = "authentication.kubernetes.io/node-name";
+/// See [`EXTRA_POD_NAME`].
+pub const EXTRA_NODE_UID: &str = "authentication.kubernetes.io/node-uid";
+/// See [`EXTRA_POD_NAME`].
+pub const EXTRA_CREDENTIAL_ID: &str = "authentication.kubernetes.io/credential-id";
+
+/// Why a token could not be signed.
+#[derive(Debug, thiserror::Error)]
+pub enum SignError {
+    /// The claims did not serialise (a bug).
+    #[error("encoding claims")]
+    Encode(#[from] serde_json::Error),
+    /// The signer failed.
+    #[error("signing")]
+    Sign(#[from] josekit::JoseError),
+}
+
+/// Settings fixed at start (keys and revocations reload).
+pub struct IssuerConfig {
+    /// `iss` of minted tokens and the discovery `issuer`.
+    pub issuer: String,
+    /// `jwks_uri` published in discovery.
+    pub jwks_uri: String,
+    /// Accounts.
+    pub registry: Registry,
+    /// Signing key file.
+    pub signing_key_file: PathBuf,
+    /// Verify-only key files.
+    pub verify_key_files: Vec<PathBuf>,
+}
+
+/// Shared by the mint endpoint, the `service_account` verifier and discovery.
+pub struct Issuer {
+    /// Fixed settings.
+    pub config: IssuerConfig,
+    keys: ArcSwap<KeySet>,
+    revocations: ArcSwap<Revocations>,
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: String,
+    #[serde(default)]
+    crit: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct IssOnly {
+    #[serde(default)]
+    iss: Option<Value>,
+}
+
+fn reject(reason: RejectReason, detail: impl Into<String>) -> Outcome {
+    Outcome::Rejected(Rejection {
+        reason,
+        detail: detail.into(),
+    })
+}
+
+impl Issuer {
+    /// An issuer with `keys` and `revocations` loaded.
+    pub fn new(config: IssuerConfig, keys: KeySet, revocations: Revocations) -> Arc<Self> {
+        Arc::new(Issuer {
+            config,
+            keys: ArcSwap::from_pointee(keys),
+            revocations: ArcSwap::from_pointee(revocations),
+        })
+    }
+
+    /// Installs reloaded keys.
+    pub fn set_keys(&self, keys: KeySet) {
+        self.keys.store(Arc::new(keys));
+    }
+
+    /// Installs a reloaded revocation list.
+    pub fn set_revocations(&self, r: Revocations) {
+        self.revocations.store(Arc::new(r));
+    }
+
+    /// The current keys.
+    pub fn keys(&self) -> Arc<KeySet> {
+        self.keys.load_full()
+    }
+
+    /// Signs `claims` with the active key. The header is exactly kube's `{"alg":…,"kid":…}`
+    /// (josekit's own serialiser would order the members differently), so the compact form is
+    /// assembled here and only the signature comes from josekit.
+    ///
+    /// # Errors
+    /// Only on a signer failure.
+    pub fn sign(&self, claims: &Claims) -> Result<String, SignError> {
+        let keys = self.keys.load();
+        let key = &keys.signing;
+        let header =
+            serde_json::to_vec(&json!({"alg": key.public.alg.as_str(), "kid": key.public.kid}))?;
+        let payload = serde_json::to_vec(claims)?;
+        let mut out = URL_SAFE_NO_PAD.encode(header);
+        out.push('.');
+        out.push_str(&URL_SAFE_NO_PAD.encode(payload));
+        let signature = key.signer.sign(out.as_bytes())?;
+        out.push('.');
+        out.push_str(&URL_SAFE_NO_PAD.encode(signature));
+        Ok(out)
+    }
+
+    /// The OIDC discovery document.
+    pub fn discovery(&self) -> Value {
+        let keys = self.keys.load();
+        let mut algs: Vec<&str> = keys.public_keys().map(|k| k.alg.as_str()).collect();
+        algs.sort_unstable();
+        algs.dedup();
+        json!({
+            "issuer": self.config.issuer,
+            "jwks_uri": self.config.jwks_uri,
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": algs,
+        })
+    }
+
+    /// The public JWKS.
+    pub fn jwks(&self) -> Value {
+        self.keys.load().jwks()
+    }
+
+    /// Verifies `token` as one of ours.
+    ///
+    /// Anything that is not a compact JWS carrying our `iss` is `NotMine` (the payload is
+    /// peeked at unverified only to route it); from then on every failure is a rejection.
+    pub fn verify(&self, token: &str, now: UnixTime) -> Outcome {
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Outcome::NotMine;
+        };
+        let Some(payload) = URL_SAFE_NO_PAD.decode(p).ok() else {
+            return Outcome::NotMine;
+        };
+        match serde_json::from_slice::<IssOnly>(&payload) {
+            Ok(IssOnly {
+                iss: Some(Value::String(iss)),
+            }) if iss == self.config.issuer => {}
+            _ => return Outcome::NotMine,
+        }
+        let header: Header = match URL_SAFE_NO_PAD
+            .decode(h)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            Some(h) => h,
+            None => return reject(RejectReason::Malformed, "header is not base64url JSON"),
+        };
+        if header.crit.is_some() {
+            return reject(RejectReason::Malformed, "crit header is not supported");
+        }
+        let keys = self.keys.load();
+        let Some(key) = keys.find(&header.kid) else {
+            return reject(
+                RejectReason::UnknownKey,
+                format!("unknown kid {:?}", header.kid),
+            );
+        };
+        if header.alg != key.alg.as_str() {
+            return reject(
+                RejectReason::BadSignature,
+                format!(
+                    "alg {:?} does not match key {} ({})",
+                    header.alg,
+                    key.kid,
+                    key.alg.as_str()
+                ),
+            );
+        }
+        if josekit::jws::deserialize_compact(token, &*key.verifier).is_err() {
+            return reject(RejectReason::BadSignature, "signature does not verify");
+        }
+        let claims: Claims = match serde_json::from_slice(&payload) {
+            Ok(c) => c,
+            Err(e) => return reject(RejectReason::Malformed, format!("claims: {e}")),
+        };
+        self.check_claims(&claims, now)
+    }
+
+    fn check_claims(&self, c: &Claims, now: UnixTime) -> Outcome {
+        if now.0 >= c.exp.saturating_add(LEEWAY_SECONDS) {
+            return reject(RejectReason::Expired, format!("expired at {}", c.exp));
+        }
+        if c.nbf > now.0.saturating_add(LEEWAY_SECONDS)
+            || c.iat > now.0.saturating_add(LEEWAY_SECONDS)
+        {
+            return reject(
+                RejectReason::NotYetValid,
+                format!("not valid before {}", c.nbf),
+            );
+        }
+        if c.aud.is_empty() {
+            return reject(RejectReason::Malformed, "no audiences");
+        }
+        let k = &c.kubernetes;
+        let Some(sa_ref) = &k.serviceaccount else {
+            return reject(
+                RejectReason::Malformed,
+                "no kubernetes.io/serviceaccount claim",
+            );
+        };
+        if c.sub != username(&k.namespace, &sa_ref.name) {
+            return reject(
+                RejectReason::Malformed,
+                "sub does not match kubernetes.io claims",
+            );
+        }
+        let Some(sa) = self.config.registry.get(&k.namespace, &sa_ref.name) else {
+            return reject(
+                RejectReason::Invalidated,
+                format!(
+                    "service account {}/{} no longer exists",
+                    k.namespace, sa_ref.name
+                ),
+            );
+        };
+        if sa.uid != sa_ref.uid {
+            return reject(
+                RejectReason::Invalidated,
+                format!(
+                    "service account UID ({}) does not match claim ({})",
+                    sa.uid, sa_ref.uid
+                ),
+            );
+        }
+        for (kind, claim, list) in [
+            ("pod", &k.pod, &sa.pods),
+            ("secret", &k.secret, &sa.secrets),
+            ("node", &k.node, &sa.nodes),
+        ] {
+            if let Some(r) = claim {
+                match list.iter().find(|o| o.name == r.name) {
+                    Some(o) if o.uid == r.uid => {}
+                    Some(o) => {
+                        return reject(
+                            RejectReason::Invalidated,
+                            format!("{kind} UID ({}) does not match claim ({})", o.uid, r.uid),
+                        );
+                    }
+                    None => {
+                        return reject(
+                            RejectReason::Invalidated,
+                            format!("{kind} {} no longer exists", r.name),
+                        );
+                    }
+                }
+            }
+        }
+        let bound_uids: Vec<&str> = [&k.pod, &k.secret, &k.node]
+            .iter()
+            .filter_map(|r| r.as_ref().map(|r| r.uid.as_str()))
+            .chain(std::iter::once(sa.uid.as_str()))
+            .collect();
+        if let Some(why) =
+            self.revocations
+                .load()
+                .check(&c.jti, &k.namespace, &sa.name, &bound_uids)
+        {
+            return reject(RejectReason::Revoked, why);
+        }
+
+        let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        if let Some(p) = &k.pod {
+            extra.insert(EXTRA_POD_NAME.into(), vec![p.name.clone()]);
+            extra.insert(EXTRA_POD_UID.into(), vec![p.uid.clone()]);
+        }
+        if let Some(n) = &k.node {
+            extra.insert(EXTRA_NODE_NAME.into(), vec![n.name.clone()]);
+            extra.insert(EXTRA_NODE_UID.into(), vec![n.uid.clone()]);
+        }
+        if !c.jti.is_empty() {
+            extra.insert(EXTRA_CREDENTIAL_ID.into(), vec![format!("JTI={}", c.jti)]);
+        }
+        Outcome::Authenticated(Identity {
+            user: UserInfo {
+                username: c.sub.clone(),
+                uid: sa.uid.clone(),
+                groups: vec![
+                    "system:serviceaccounts".into(),
+                    format!("system:serviceaccounts:{}", k.namespace),
+                ],
+                extra,
+            },
+            audiences: Some(c.aud.clone()),
+            expires_at: Some(UnixTime(c.exp)),
+        })
+    }
+}

@@ -1,0 +1,9 @@
+//! Minting TokenRequests: keys, claims, the account registry, the mint policy, and OIDC discovery.
+
+pub mod accounts;
+pub mod claims;
+pub mod handler;
+pub mod issuer;
+pub mod keys;
+pub mod policy;
+pub mod revocations;

@@ -1,0 +1,101 @@
+//! Request-body plumbing shared by the create endpoints: media type, size-limited read, pretty printing, warnings.
+
+use bytes::Bytes;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, USER_AGENT, WARNING};
+use http::{HeaderMap, Response};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use super::App;
+use super::http_error::Body;
+use crate::k8s::codec::warning_header;
+use crate::k8s::{Reason, Status, protobuf};
+
+/// How a request body is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Media {
+    /// `application/json` (or no Content-Type, which kube treats as JSON).
+    Json,
+    /// `application/vnd.kubernetes.protobuf`.
+    Protobuf,
+}
+
+/// The body's media type, or the 415 listing `accepted`.
+///
+/// # Errors
+/// A type not in `accepted`.
+pub fn media_type(headers: &HeaderMap, accepted: &[Media]) -> Result<Media, Status> {
+    let names: Vec<&str> = accepted
+        .iter()
+        .map(|m| match m {
+            Media::Json => "application/json",
+            Media::Protobuf => protobuf::MEDIA_TYPE,
+        })
+        .collect();
+    let media = match headers.get(CONTENT_TYPE).map(|v| v.to_str()) {
+        None => Some(Media::Json),
+        Some(Err(_)) => None,
+        Some(Ok(v)) => match v
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "" | "application/json" => Some(Media::Json),
+            t if t == protobuf::MEDIA_TYPE => Some(Media::Protobuf),
+            _ => None,
+        },
+    };
+    media
+        .filter(|m| accepted.contains(m))
+        .ok_or_else(|| Status::unsupported_media_type(&names))
+}
+
+/// kube's `isPrettyPrint` fallback: curl, Wget and browsers get indented JSON.
+pub fn user_agent_wants_pretty(headers: &HeaderMap) -> bool {
+    headers
+        .get(USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ua| {
+            ["curl", "Wget", "Mozilla/5.0"]
+                .iter()
+                .any(|p| ua.starts_with(p))
+        })
+}
+
+/// Reads the body within `server.max_body_bytes` and `server.body_read_timeout_seconds`.
+///
+/// # Errors
+/// 413 over the limit (declared or actual), 408 too slow, 400 cut off.
+pub async fn read(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Status> {
+    let limit = app.config.limits.max_body_bytes;
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(Status::too_large(limit));
+    }
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(app.config.limits.body_read_timeout, limited.collect()).await {
+        Err(_) => Err(Status::failure(
+            408,
+            Reason::Timeout,
+            "the request body was not received in time",
+        )),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(Status::too_large(limit)),
+        Ok(Err(_)) => Err(Status::bad_request("the request body could not be read")),
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+    }
+}
+
+/// Adds one `Warning: 299 - "…"` header per text.
+pub fn add_warnings(r: &mut Response<Body>, warnings: &[String]) {
+    for w in warnings {
+        if let Ok(v) = HeaderValue::from_str(&warning_header(w)) {
+            r.headers_mut().append(WARNING, v);
+        }
+    }
+}
