@@ -96,6 +96,7 @@ const FILES: &[&str] = &[
     "admin.crt",
     "admin.key",
     "tokens.csv",
+    "sa-signing.key",
     "tokenhook.toml",
     "webhook-kubeconfig.yaml",
     "admin-kubeconfig.yaml",
@@ -486,4 +487,41 @@ async fn kubectl_create_token_against_dev_mode() {
     );
     sigterm(&child);
     assert!(wait_exit(&mut child).await.success());
+}
+
+#[test]
+fn keys_generate_writes_a_private_key_once() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    for alg in ["RS256", "ES256", "EdDSA"] {
+        let out_path = tmp.path().join(format!("{alg}.key"));
+        let out = Command::new(BIN)
+            .args(["keys", "generate", "--algorithm", alg, "--out"])
+            .arg(&out_path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("({alg}, kid ")));
+        let mode = std::fs::metadata(&out_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let keys = tokenhook::mint::keys::KeySet::load(&out_path, &[]).unwrap();
+        assert_eq!(keys.signing.public.alg.as_str(), alg);
+        // Never overwrites.
+        let again = Command::new(BIN)
+            .args(["keys", "generate", "--algorithm", alg, "--out"])
+            .arg(&out_path)
+            .output()
+            .unwrap();
+        assert!(!again.status.success());
+    }
+    let bad = Command::new(BIN)
+        .args(["keys", "generate", "--algorithm", "HS256", "--out"])
+        .arg(tmp.path().join("x"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
 }
