@@ -40,6 +40,10 @@ enum Command {
         /// Override log.format (json or text).
         #[arg(long)]
         log_format: Option<String>,
+        /// A kube-apiserver AuthenticationConfiguration file (YAML or JSON) whose `jwt`
+        /// authenticators join the chain; reloaded when it changes.
+        #[arg(long)]
+        authentication_config: Option<PathBuf>,
     },
     /// Generate a development setup into DIR (reusing what exists) and serve it.
     Dev {
@@ -49,6 +53,10 @@ enum Command {
         /// Listen address (default 127.0.0.1:8443, or what DIR/tokenhook.toml says).
         #[arg(long)]
         listen: Option<String>,
+        /// A kube-apiserver AuthenticationConfiguration file whose `jwt` authenticators join
+        /// the chain; reloaded when it changes.
+        #[arg(long)]
+        authentication_config: Option<PathBuf>,
     },
     /// Print a kubeconfig for kube-apiserver's --authentication-token-webhook-config-file.
     Kubeconfig {
@@ -124,29 +132,34 @@ fn main() -> ExitCode {
             listen,
             log_level,
             log_format,
+            authentication_config,
         } => {
             let o = Overrides {
                 listen,
                 log_level,
                 log_format,
+                authentication_config,
             };
             run(Some(config), o, None)
         }
-        Command::Dev { dir, listen } => {
-            match dev::prepare(&dir, listen.as_deref().unwrap_or("127.0.0.1:8443")) {
-                Ok((files, created)) => {
-                    for p in created {
-                        println!("created {}", p.display());
-                    }
-                    let o = Overrides {
-                        listen,
-                        ..Overrides::default()
-                    };
-                    run(Some(files.config.clone()), o, Some(files))
+        Command::Dev {
+            dir,
+            listen,
+            authentication_config,
+        } => match dev::prepare(&dir, listen.as_deref().unwrap_or("127.0.0.1:8443")) {
+            Ok((files, created)) => {
+                for p in created {
+                    println!("created {}", p.display());
                 }
-                Err(e) => Err(anyhow::Error::new(e)),
+                let o = Overrides {
+                    listen,
+                    authentication_config,
+                    ..Overrides::default()
+                };
+                run(Some(files.config.clone()), o, Some(files))
             }
-        }
+            Err(e) => Err(anyhow::Error::new(e)),
+        },
     };
     match result {
         Ok(code) => code,

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub cert_expiry: IntGauge,
     /// `tokenhook_tokens_minted_total{namespace}` (namespaces come from the registry only).
     pub tokens_minted: IntCounterVec,
+    /// `tokenhook_jwks_refreshes_total{issuer,result}` (issuer: the configured URL).
+    pub jwks_refreshes: IntCounterVec,
     /// `tokenhook_build_info{version}`, always 1.
     pub build_info: IntGaugeVec,
 }
@@ -113,6 +115,11 @@ impl Metrics {
                 "tokenhook_tokens_minted_total",
                 "Service-account tokens minted, by namespace.",
                 &["namespace"],
+            )?,
+            jwks_refreshes: counter(
+                "tokenhook_jwks_refreshes_total",
+                "JWKS loads per configured issuer, by result.",
+                &["issuer", "result"],
             )?,
             build_info: {
                 let g = IntGaugeVec::new(

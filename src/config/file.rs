@@ -22,6 +22,8 @@ pub struct FileConfig {
     pub log: LogSection,
     /// Minting service-account tokens (TokenRequest) and OIDC discovery.
     pub mint: MintSection,
+    /// JWT/OIDC issuer key handling and time checks.
+    pub jwt: JwtSection,
     /// The verifier chain, in order.
     pub verifiers: Vec<VerifierConfig>,
 }
@@ -138,6 +140,31 @@ impl Default for LogSection {
     }
 }
 
+/// `[jwt]`: applies to every `jwt` and `authentication_config` verifier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JwtSection {
+    /// Clock skew tolerated on exp, nbf and iat, in seconds. Default 60.
+    pub leeway_seconds: u64,
+    /// How often issuers' JWKS are fetched again, in seconds. Default 600.
+    pub refresh_interval_seconds: u64,
+    /// Least time between fetches triggered by tokens with an unknown kid, in seconds. Default 10.
+    pub min_refresh_interval_seconds: u64,
+    /// Time allowed for one discovery or JWKS fetch, in seconds. Default 10.
+    pub fetch_timeout_seconds: u64,
+}
+
+impl Default for JwtSection {
+    fn default() -> Self {
+        JwtSection {
+            leeway_seconds: 60,
+            refresh_interval_seconds: 600,
+            min_refresh_interval_seconds: 10,
+            fetch_timeout_seconds: 10,
+        }
+    }
+}
+
 /// `[mint]`: unset `issuer` (default) turns minting, discovery and the `service_account`
 /// verifier off.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,6 +207,7 @@ impl Default for MintSection {
 }
 
 /// One `[[verifiers]]` entry, tagged by `type`.
+#[allow(clippy::large_enum_variant)] // read once at start; boxing would only blur the shape
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum VerifierConfig {
@@ -190,6 +218,38 @@ pub enum VerifierConfig {
     },
     /// `type = "service_account"`: tokens minted by this tokenhook (`[mint]`), all current keys.
     ServiceAccount {},
+    /// `type = "jwt"`: one JWT/OIDC issuer, with the fields of a kube
+    /// AuthenticationConfiguration `jwt[]` entry (same names), plus where to get keys when not
+    /// from discovery.
+    Jwt {
+        /// `issuer` {url, discoveryURL, certificateAuthority, audiences, audienceMatchPolicy}.
+        issuer: crate::verify::authn_config::Issuer,
+        /// `claimValidationRules`.
+        #[serde(default, rename = "claimValidationRules")]
+        claim_validation_rules: Vec<crate::verify::authn_config::ClaimValidationRule>,
+        /// `claimMappings`.
+        #[serde(default, rename = "claimMappings")]
+        claim_mappings: crate::verify::authn_config::ClaimMappings,
+        /// `userValidationRules`.
+        #[serde(default, rename = "userValidationRules")]
+        user_validation_rules: Vec<crate::verify::authn_config::UserValidationRule>,
+        /// JWKS URL instead of discovery.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jwks_url: Option<String>,
+        /// Local JWKS file instead of discovery (reloaded when it changes).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jwks_file: Option<PathBuf>,
+        /// Inline JWKS instead of discovery.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        jwks: Option<serde_json::Value>,
+    },
+    /// `type = "authentication_config"`: every `jwt` authenticator of a kube-apiserver
+    /// AuthenticationConfiguration file (YAML or JSON), reloaded when it changes. What
+    /// `--authentication-config FILE` adds.
+    AuthenticationConfig {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 /// Renders `c` as a commented TOML file showing every setting.
@@ -282,6 +342,13 @@ level = {llvl}
         lfmt = q(&c.log.format),
         llvl = q(&c.log.level),
     );
+    out.push_str(&format!(
+        "\n[jwt]\n# JWT/OIDC issuers: clock skew on exp/nbf/iat, JWKS refresh period, least time\n# between refreshes forced by unknown kids, and the fetch timeout (all seconds).\nleeway_seconds = {}\nrefresh_interval_seconds = {}\nmin_refresh_interval_seconds = {}\nfetch_timeout_seconds = {}\n",
+        c.jwt.leeway_seconds,
+        c.jwt.refresh_interval_seconds,
+        c.jwt.min_refresh_interval_seconds,
+        c.jwt.fetch_timeout_seconds
+    ));
     out.push_str(&render_mint(&c.mint));
     out.push_str(
         "\n# The verifier chain, tried in order; the first that recognises a token decides.\n",
@@ -292,6 +359,15 @@ level = {llvl}
                 "\n[[verifiers]]\n# kube --token-auth-file CSV: token,user,uid[,\"groups\"[,\"audiences\"[,\"key=value,...\"]]]\ntype = \"static\"\nfile = {}\n",
                 q(&file.to_string_lossy())
             )),
+            VerifierConfig::Jwt { .. } | VerifierConfig::AuthenticationConfig { .. } => {
+                // Rendered through serde: these carry nested kube structures.
+                let mut doc = toml::Table::new();
+                if let Ok(toml::Value::Table(t)) = toml::Value::try_from(v) {
+                    doc.insert("verifiers".into(), toml::Value::Array(vec![toml::Value::Table(t)]));
+                }
+                out.push('\n');
+                out.push_str(&toml::to_string(&doc).unwrap_or_default());
+            }
             VerifierConfig::ServiceAccount {} => out.push_str(
                 "\n[[verifiers]]\n# Tokens minted by this tokenhook ([mint]), checked against every current key.\ntype = \"service_account\"\n",
             ),

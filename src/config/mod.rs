@@ -34,6 +34,10 @@ pub struct Overrides {
     /// `log.format`
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
+    /// `--authentication-config FILE`: appends a verifier for that kube
+    /// AuthenticationConfiguration file (relative to the working directory).
+    #[serde(skip)]
+    pub authentication_config: Option<PathBuf>,
 }
 
 /// The layered figment: what `load` extracts.
@@ -61,9 +65,14 @@ pub fn figment(file: Option<&Path>, env_prefix: &str, o: &Overrides) -> Figment 
 /// # Errors
 /// Parse errors (naming the key and the file) or every validation problem.
 pub fn load(file: Option<&Path>, env_prefix: &str, o: &Overrides) -> Result<Config, ConfigError> {
-    let raw: FileConfig = figment(file, env_prefix, o)
+    let mut raw: FileConfig = figment(file, env_prefix, o)
         .extract()
         .map_err(|e| ConfigError::Parse(Box::new(e)))?;
+    if let Some(p) = &o.authentication_config {
+        let abs = std::path::absolute(p).unwrap_or_else(|_| p.clone());
+        raw.verifiers
+            .push(file::VerifierConfig::AuthenticationConfig { file: abs });
+    }
     let base = file
         .and_then(Path::parent)
         .map_or_else(PathBuf::new, Path::to_path_buf);

@@ -8,6 +8,8 @@ use super::file::{FileConfig, MintSection, VerifierConfig};
 use crate::cache::CacheConfig;
 use crate::mint::accounts::Registry;
 use crate::mint::policy::Policy;
+use crate::verify::authn_config::{JwtAuthenticator, validate as validate_jwt};
+use crate::verify::oidc::{JwtSettings, KeyOverride};
 
 /// Validated configuration: everything parsed, nothing left to check at run time.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +38,8 @@ pub struct Config {
     pub verifiers: Vec<VerifierSpec>,
     /// Minting, when `[mint] issuer` is set.
     pub mint: Option<MintConfig>,
+    /// JWT issuer settings.
+    pub jwt: JwtSettings,
 }
 
 /// Validated `[mint]`.
@@ -106,7 +110,7 @@ pub struct LogConfig {
 }
 
 /// One verifier to build.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum VerifierSpec {
     /// Static token CSV.
     Static {
@@ -115,6 +119,18 @@ pub enum VerifierSpec {
     },
     /// Tokens minted by `[mint]`.
     ServiceAccount,
+    /// One inline JWT issuer.
+    Jwt {
+        /// kube's `jwt[]` entry.
+        authenticator: Box<JwtAuthenticator>,
+        /// Key source override.
+        keys: KeyOverride,
+    },
+    /// A kube AuthenticationConfiguration file.
+    AuthenticationConfig {
+        /// The file.
+        file: PathBuf,
+    },
 }
 
 /// Paths that `webhook_path` may not shadow.
@@ -226,8 +242,67 @@ pub fn validate(f: &FileConfig, base: &Path) -> Result<Config, Vec<String>> {
         .map(|v| match v {
             VerifierConfig::Static { file } => VerifierSpec::Static { file: rel(file) },
             VerifierConfig::ServiceAccount {} => VerifierSpec::ServiceAccount,
+            VerifierConfig::Jwt {
+                issuer,
+                claim_validation_rules,
+                claim_mappings,
+                user_validation_rules,
+                jwks_url,
+                jwks_file,
+                jwks,
+            } => VerifierSpec::Jwt {
+                authenticator: Box::new(JwtAuthenticator {
+                    issuer: issuer.clone(),
+                    claim_validation_rules: claim_validation_rules.clone(),
+                    claim_mappings: claim_mappings.clone(),
+                    user_validation_rules: user_validation_rules.clone(),
+                }),
+                keys: KeyOverride {
+                    jwks_url: jwks_url.clone(),
+                    jwks_file: jwks_file.as_ref().map(&rel),
+                    jwks: jwks.clone(),
+                },
+            },
+            VerifierConfig::AuthenticationConfig { file } => {
+                VerifierSpec::AuthenticationConfig { file: rel(file) }
+            }
         })
         .collect::<Vec<_>>();
+    for (i, v) in verifiers.iter().enumerate() {
+        if let VerifierSpec::Jwt {
+            authenticator,
+            keys,
+            ..
+        } = v
+        {
+            errs.extend(
+                validate_jwt(std::slice::from_ref(&**authenticator), "jwt")
+                    .into_iter()
+                    .map(|e| e.replacen("jwt[0]", &format!("verifiers[{i}]"), 1)),
+            );
+            let sources = [
+                keys.jwks_url.is_some(),
+                keys.jwks_file.is_some(),
+                keys.jwks.is_some(),
+            ];
+            if sources.iter().filter(|s| **s).count() > 1 {
+                errs.push(format!(
+                    "verifiers[{i}]: set at most one of jwks_url, jwks_file and jwks"
+                ));
+            }
+        }
+    }
+    let mut issuers = std::collections::HashSet::new();
+    for (i, v) in verifiers.iter().enumerate() {
+        if let VerifierSpec::Jwt { authenticator, .. } = v
+            && !issuers.insert(authenticator.issuer.url.clone())
+        {
+            errs.push(format!(
+                "verifiers[{i}].issuer.url: Duplicate value: {:?}",
+                authenticator.issuer.url
+            ));
+        }
+    }
     let mint = validate_mint(&f.mint, &rel, &mut errs);
     if mint.is_none() && verifiers.contains(&VerifierSpec::ServiceAccount) {
         errs.push(
@@ -268,6 +343,12 @@ pub fn validate(f: &FileConfig, base: &Path) -> Result<Config, Vec<String>> {
             },
             verifiers,
             mint,
+            jwt: JwtSettings {
+                leeway: Duration::from_secs(f.jwt.leeway_seconds),
+                refresh_interval: Duration::from_secs(f.jwt.refresh_interval_seconds.max(1)),
+                min_refresh_interval: Duration::from_secs(f.jwt.min_refresh_interval_seconds),
+                fetch_timeout: Duration::from_secs(f.jwt.fetch_timeout_seconds.max(1)),
+            },
         }),
         _ => Err(errs),
     }

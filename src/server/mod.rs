@@ -30,6 +30,10 @@ use crate::mint::issuer::{Issuer, IssuerConfig};
 use crate::mint::keys::KeySet;
 use crate::mint::revocations::Revocations;
 use crate::reload::{self, Watched};
+use crate::verify::authn_config;
+use crate::verify::cel::CelEnv;
+use crate::verify::jwks::{IssuerKeys, KeySource};
+use crate::verify::oidc::{Jwt, JwtIssuer, JwtSettings, build_all, spawn_refresh};
 use crate::verify::static_file::{TokenFileError, TokenTable};
 use crate::verify::{AnyVerifier, Chain, Digest, ServiceAccount, StaticFile};
 use caller::{CallerAuth, ClientCert};
@@ -74,6 +78,15 @@ pub enum BindError {
         /// What is wrong.
         reason: String,
     },
+    /// A JWT issuer's settings are invalid (every problem listed).
+    #[error("JWT issuers:\n  - {}", .0.join("\n  - "))]
+    Jwt(Vec<String>),
+    /// An AuthenticationConfiguration file is unusable.
+    #[error("loading the AuthenticationConfiguration")]
+    AuthnConfig(#[from] crate::verify::authn_config::AuthnConfigError),
+    /// Local or inline JWKS could not be loaded.
+    #[error("loading JWKS")]
+    JwtKeys(#[from] crate::verify::jwks::FetchError),
     /// The listen address could not be bound.
     #[error("binding {addr}")]
     Listen {
@@ -235,8 +248,10 @@ impl Server {
             }
             None => None,
         };
+        let (stop, stop_rx) = watch::channel(false);
+        let cel = Arc::new(CelEnv::new().map_err(|e| BindError::Jwt(vec![e]))?);
         let mut verifiers = Vec::new();
-        for spec in &config.verifiers {
+        for (i, spec) in config.verifiers.iter().enumerate() {
             match spec {
                 VerifierSpec::Static { file } => {
                     let (table, bytes) = load_table(file)?;
@@ -250,6 +265,46 @@ impl Server {
                         Some(cache.clone()),
                     ));
                     verifiers.push(AnyVerifier::Static(v));
+                }
+                VerifierSpec::Jwt {
+                    authenticator,
+                    keys,
+                } => {
+                    let settings = config.jwt.clone();
+                    let issuer = JwtIssuer::build(
+                        authenticator,
+                        keys,
+                        &format!("verifiers[{i}]"),
+                        &settings,
+                        &cel,
+                        &metrics,
+                    )
+                    .map_err(BindError::Jwt)?;
+                    start_keys(&issuer.keys, &config, &settings, &stop_rx).await?;
+                    verifiers.push(AnyVerifier::Jwt(Jwt::new(vec![issuer], cel.clone(), "jwt")));
+                }
+                VerifierSpec::AuthenticationConfig { file } => {
+                    let settings = config.jwt.clone();
+                    let bytes = read("AuthenticationConfiguration", file)?;
+                    let conf = authn_config::load(file)?;
+                    let issuers =
+                        build_all(&conf.jwt, &settings, &cel, &metrics).map_err(BindError::Jwt)?;
+                    for i in &issuers {
+                        start_keys(&i.keys, &config, &settings, &stop_rx).await?;
+                    }
+                    let jwt = Jwt::new(issuers, cel.clone(), "jwt");
+                    watched.push(watch_authn_config(
+                        file.clone(),
+                        &bytes,
+                        jwt.clone(),
+                        settings,
+                        cel.clone(),
+                        metrics.clone(),
+                        cache.clone(),
+                        config.reload_interval,
+                        stop_rx.clone(),
+                    ));
+                    verifiers.push(AnyVerifier::Jwt(jwt));
                 }
                 VerifierSpec::ServiceAccount => {
                     // validate() refuses this verifier without [mint].
@@ -308,7 +363,6 @@ impl Server {
         });
         watched.push(tls_watch(&app, cert, key, ca));
 
-        let (stop, stop_rx) = watch::channel(false);
         let reload_now = Arc::new(Notify::new());
         let reloader = reload::spawn(
             watched,
@@ -328,6 +382,71 @@ impl Server {
             stop,
             task,
         })
+    }
+}
+
+/// Loads local keys now (a broken inline or file JWKS is a configuration error) and keeps
+/// every source fresh in the background; remote sources that are down only make the issuer
+/// not ready.
+async fn start_keys(
+    keys: &Arc<IssuerKeys>,
+    config: &Config,
+    settings: &JwtSettings,
+    stop: &watch::Receiver<bool>,
+) -> Result<(), BindError> {
+    match keys.source() {
+        KeySource::Inline(_) => {
+            keys.refresh().await?;
+        }
+        KeySource::File(_) => {
+            keys.refresh().await?;
+            spawn_refresh(keys, config.reload_interval, stop.clone());
+        }
+        KeySource::Url(_) | KeySource::Discovery { .. } => {
+            spawn_refresh(keys, settings.refresh_interval, stop.clone());
+        }
+    }
+    Ok(())
+}
+
+/// Reloads an AuthenticationConfiguration file: a valid new version replaces the issuers
+/// (keeping the keys of unchanged ones), an invalid one is refused and the old one kept.
+#[allow(clippy::too_many_arguments)]
+fn watch_authn_config(
+    path: PathBuf,
+    bytes: &[u8],
+    jwt: Jwt,
+    settings: JwtSettings,
+    cel: Arc<CelEnv>,
+    metrics: Metrics,
+    cache: VerdictCache,
+    reload_interval: Duration,
+    stop: watch::Receiver<bool>,
+) -> Watched {
+    Watched {
+        source: "authentication_config",
+        paths: vec![path],
+        loaded: vec![Digest::of(bytes)],
+        apply: Box::new(move |c| {
+            let text = String::from_utf8_lossy(c.first().map_or(&[][..], Vec::as_slice));
+            let conf = authn_config::parse(&text)?;
+            let problems = authn_config::validate(&conf.jwt, "jwt");
+            if !problems.is_empty() {
+                return Err(problems.join("; "));
+            }
+            let issuers =
+                build_all(&conf.jwt, &settings, &cel, &metrics).map_err(|e| e.join("; "))?;
+            let n = issuers.len();
+            for keys in jwt.replace_keeping_keys(issuers) {
+                let interval = match keys.source() {
+                    KeySource::File(_) => reload_interval,
+                    _ => settings.refresh_interval,
+                };
+                spawn_refresh(&keys, interval, stop.clone());
+            }
+            cache.invalidate_all();
+            Ok(format!("{n} JWT issuers"))
+        }),
     }
 }
 

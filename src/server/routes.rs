@@ -87,7 +87,9 @@ pub async fn handle(app: Arc<App>, conn: Arc<ConnInfo>, req: Request<Incoming>) 
         (Route::Jwks, &Method::GET) => discovery(&app, true),
         (Route::Version, &Method::GET) => version(),
         (Route::Metrics, &Method::GET) => metrics(&app, &conn, &req),
-        (Route::Health(name), &Method::GET | &Method::HEAD) => health(name, req.uri().query()),
+        (Route::Health(name), &Method::GET | &Method::HEAD) => {
+            health(&app, name, req.uri().query())
+        }
         (Route::NotFound, _) => status_response(&Status::path_not_found(), pretty_hint),
         _ => status_response(&Status::method_not_allowed(), pretty_hint),
     };
@@ -161,24 +163,36 @@ fn metrics(app: &App, conn: &ConnInfo, req: &Request<Incoming>) -> Response<Body
     r
 }
 
-/// `/livez`, `/readyz`, `/healthz`: a bound server with loaded certificates and verifiers is
-/// live and ready (nothing loads lazily yet). `?verbose` lists the checks as kube does.
-fn health(name: &'static str, query: Option<&str>) -> Response<Body> {
+/// `/livez`, `/readyz`, `/healthz`, as kube-apiserver answers them: `ok`, or with
+/// `?verbose` one `[+]`/`[-]` line per check. Readiness needs every JWT issuer's keys; a
+/// failed check answers 500 with the list.
+fn health(app: &App, name: &'static str, query: Option<&str>) -> Response<Body> {
     let verbose = query.is_some_and(|q| {
         q.split('&')
             .any(|kv| kv.split('=').next() == Some("verbose"))
     });
-    if !verbose {
+    let mut checks: Vec<(String, bool)> = vec![("ping".into(), true)];
+    if name != "livez" {
+        checks.push(("tls-certificate".into(), true));
+        checks.extend(app.chain.readiness());
+    }
+    let ok = checks.iter().all(|(_, up)| *up);
+    if ok && !verbose {
         return text(StatusCode::OK, "ok");
     }
-    let checks: &[&str] = match name {
-        "livez" => &["ping"],
-        _ => &["ping", "tls-certificate", "verifiers"],
-    };
     let mut out = String::new();
-    for c in checks {
-        out.push_str(&format!("[+]{c} ok\n"));
+    for (c, up) in &checks {
+        if *up {
+            out.push_str(&format!("[+]{c} ok\n"));
+        } else {
+            out.push_str(&format!("[-]{c} failed: reason withheld\n"));
+        }
     }
-    out.push_str(&format!("{name} check passed\n"));
-    text(StatusCode::OK, out)
+    if ok {
+        out.push_str(&format!("{name} check passed\n"));
+        text(StatusCode::OK, out)
+    } else {
+        out.push_str(&format!("{name} check failed\n"));
+        text(StatusCode::INTERNAL_SERVER_ERROR, out)
+    }
 }

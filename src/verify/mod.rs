@@ -1,5 +1,9 @@
 //! The verifier contract (`Verifier`, `Outcome`), the token newtype, and the ordered chain built from config.
 
+pub mod authn_config;
+pub mod cel;
+pub mod jwks;
+pub mod oidc;
 pub mod service_account;
 pub mod static_file;
 
@@ -101,6 +105,8 @@ pub enum RejectReason {
     UnknownKey,
     /// The account or bound object it names is gone or was recreated.
     Invalidated,
+    /// A claim validation rule, user validation rule or claim mapping failed.
+    ClaimRule,
 }
 
 impl RejectReason {
@@ -115,6 +121,7 @@ impl RejectReason {
             RejectReason::Malformed => "malformed",
             RejectReason::UnknownKey => "unknown_kid",
             RejectReason::Invalidated => "invalidated",
+            RejectReason::ClaimRule => "claim_rule",
         }
     }
 }
@@ -169,6 +176,8 @@ pub enum AnyVerifier {
     Static(StaticFile),
     /// Tokens this tokenhook minted.
     ServiceAccount(ServiceAccount),
+    /// JWT/OIDC issuers.
+    Jwt(oidc::Jwt),
 }
 
 impl AnyVerifier {
@@ -177,6 +186,7 @@ impl AnyVerifier {
         match self {
             AnyVerifier::Static(_) => "static",
             AnyVerifier::ServiceAccount(_) => "service_account",
+            AnyVerifier::Jwt(j) => j.kind,
         }
     }
 
@@ -184,6 +194,7 @@ impl AnyVerifier {
         match self {
             AnyVerifier::Static(v) => v.verify(token, now).await,
             AnyVerifier::ServiceAccount(v) => v.verify(token, now).await,
+            AnyVerifier::Jwt(v) => v.verify(token, now).await,
         }
     }
 }
@@ -207,6 +218,20 @@ impl Chain {
     /// A chain over `verifiers`, in order.
     pub fn new(verifiers: Vec<AnyVerifier>, metrics: Metrics) -> Self {
         Chain { verifiers, metrics }
+    }
+
+    /// Readiness checks: one per JWT issuer, true once it has keys.
+    pub fn readiness(&self) -> Vec<(String, bool)> {
+        let mut out = Vec::new();
+        for v in &self.verifiers {
+            if let AnyVerifier::Jwt(j) = v {
+                for i in j.issuers() {
+                    out.push((format!("jwt-issuer {}", i.url), i.keys.current().is_some()));
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Runs `token` through the chain.

@@ -1,0 +1,501 @@
+//! JSON Web Key Sets: parsing into verifiers under an algorithm allow-list, and fetching them (discovery, URL, file) with rate-limited refresh.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use josekit::jwk::Jwk;
+use josekit::jws::{self, JwsVerifier};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject;
+use serde_json::Value;
+use tokio::sync::Mutex;
+
+use crate::metrics::Metrics;
+
+/// Signature algorithms accepted from issuers. Never `none`, never an HMAC (a public key
+/// must not double as a shared secret).
+pub const ALLOWED_ALGS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+];
+
+/// Largest discovery or JWKS document accepted.
+const MAX_DOCUMENT: usize = 1 << 20;
+
+/// One public key with a verifier for each algorithm it may be used with.
+pub struct VerifyKey {
+    /// `kid`, if the JWK has one.
+    pub kid: Option<String>,
+    verifiers: HashMap<&'static str, Box<dyn JwsVerifier>>,
+}
+
+impl VerifyKey {
+    /// Builds the verifiers a JWK allows: its `alg` alone when given, else every allowed
+    /// algorithm of its key type. Keys for encryption (`use: enc`) are refused.
+    ///
+    /// # Errors
+    /// Unsupported or unusable key, as text.
+    pub fn from_jwk(v: &Value) -> Result<Self, String> {
+        if let Some(u) = v.get("use").and_then(Value::as_str)
+            && u != "sig"
+        {
+            return Err(format!("key use {u:?} is not \"sig\""));
+        }
+        let jwk = Jwk::from_bytes(v.to_string()).map_err(|e| format!("invalid JWK: {e}"))?;
+        let candidates: Vec<&'static str> = match (jwk.key_type(), jwk.curve()) {
+            ("RSA", _) => vec!["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"],
+            ("EC", Some("P-256")) => vec!["ES256"],
+            ("EC", Some("P-384")) => vec!["ES384"],
+            ("EC", Some("P-521")) => vec!["ES512"],
+            ("OKP", Some("Ed25519")) => vec!["EdDSA"],
+            (kty, crv) => return Err(format!("unsupported key type {kty:?} {crv:?}")),
+        };
+        let wanted: Vec<&'static str> = match jwk.algorithm() {
+            Some(a) => match candidates.iter().find(|c| **c == a) {
+                Some(c) => vec![*c],
+                None => return Err(format!("JWK alg {a:?} does not fit its key type")),
+            },
+            None => candidates,
+        };
+        let mut verifiers: HashMap<&'static str, Box<dyn JwsVerifier>> = HashMap::new();
+        for alg in wanted {
+            let made: Result<Box<dyn JwsVerifier>, _> = match alg {
+                "RS256" => jws::RS256.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
+                "RS384" => jws::RS384.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
+                "RS512" => jws::RS512.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
+                "PS256" => jws::PS256.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
+                "PS384" => jws::PS384.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
+                "PS512" => jws::PS512.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
+                "ES256" => jws::ES256.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
+                "ES384" => jws::ES384.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
+                "ES512" => jws::ES512.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
+                _ => jws::EdDSA.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
+            };
+            verifiers.insert(alg, made.map_err(|e| format!("unusable {alg} key: {e}"))?);
+        }
+        Ok(VerifyKey {
+            kid: jwk.key_id().map(str::to_owned),
+            verifiers,
+        })
+    }
+
+    /// The verifier for `alg`, if this key may be used with it.
+    pub fn verifier(&self, alg: &str) -> Option<&dyn JwsVerifier> {
+        self.verifiers.get(alg).map(|b| &**b)
+    }
+}
+
+/// A parsed key set.
+#[derive(Default)]
+pub struct KeySet {
+    /// The usable keys.
+    pub keys: Vec<VerifyKey>,
+    /// Keys skipped, with why (for the log).
+    pub skipped: Vec<String>,
+}
+
+impl KeySet {
+    /// Parses `{"keys": [...]}`, skipping keys that cannot be used for signatures.
+    ///
+    /// # Errors
+    /// Not a JWKS, or no usable key in it.
+    pub fn parse(doc: &Value) -> Result<Self, String> {
+        let keys = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or("not a JWKS: no \"keys\" array")?;
+        let mut set = KeySet::default();
+        for (i, k) in keys.iter().enumerate() {
+            match VerifyKey::from_jwk(k) {
+                Ok(v) => set.keys.push(v),
+                Err(e) => set.skipped.push(format!("key {i}: {e}")),
+            }
+        }
+        if set.keys.is_empty() {
+            return Err(format!(
+                "no usable signing key ({})",
+                set.skipped.join("; ")
+            ));
+        }
+        Ok(set)
+    }
+
+    /// Keys that may verify a token with this header: the one with `kid`, or (no `kid`)
+    /// every key that supports `alg`.
+    pub fn candidates<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: &'a str,
+    ) -> impl Iterator<Item = &'a dyn JwsVerifier> + 'a {
+        self.keys
+            .iter()
+            .filter(move |k| kid.is_none() || k.kid.as_deref() == kid)
+            .filter_map(move |k| k.verifier(alg))
+    }
+
+    /// Whether any key has `kid`.
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+}
+
+/// Why keys could not be fetched.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum FetchError {
+    /// Transport or TLS failure, or a timeout.
+    #[error("fetching {url}: {reason}")]
+    Transport {
+        /// What was fetched.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server answered, but not with a usable document.
+    #[error("{url}: {reason}")]
+    Document {
+        /// What was fetched.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A key file could not be read.
+    #[error("reading {path}: {reason}")]
+    File {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// An HTTPS client trusting either the issuer's CA or the system roots.
+#[derive(Clone)]
+pub struct HttpsClient {
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    timeout: Duration,
+}
+
+impl HttpsClient {
+    /// A client for one issuer. `ca_pem`: the issuer's `certificateAuthority`, else the
+    /// system trust store.
+    ///
+    /// # Errors
+    /// An unusable CA bundle.
+    pub fn new(ca_pem: Option<&str>, timeout: Duration) -> Result<Self, String> {
+        let provider = crate::server::tls::provider();
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?;
+        let mut roots = rustls::RootCertStore::empty();
+        match ca_pem {
+            Some(pem) => {
+                for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                    roots
+                        .add(c.map_err(|e| format!("certificateAuthority: {e}"))?)
+                        .map_err(|e| format!("certificateAuthority: {e}"))?;
+                }
+                if roots.is_empty() {
+                    return Err("certificateAuthority holds no certificate".into());
+                }
+            }
+            None => {
+                for c in rustls_native_certs::load_native_certs().certs {
+                    let _ = roots.add(c);
+                }
+            }
+        }
+        let tls = builder.with_root_certificates(roots).with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_all_versions()
+            .build();
+        Ok(HttpsClient {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            timeout,
+        })
+    }
+
+    /// GETs `url` and parses JSON (200 only, at most 1 MiB, within the timeout).
+    ///
+    /// # Errors
+    /// Transport, status, size or JSON problems.
+    pub async fn get_json(&self, url: &str) -> Result<Value, FetchError> {
+        let transport = |reason: String| FetchError::Transport {
+            url: url.to_owned(),
+            reason,
+        };
+        let document = |reason: String| FetchError::Document {
+            url: url.to_owned(),
+            reason,
+        };
+        let uri: http::Uri = url.parse().map_err(|e| document(format!("bad URL: {e}")))?;
+        let fetch = async {
+            let resp = self
+                .client
+                .get(uri)
+                .await
+                .map_err(|e| transport(format!("{e:#}")))?;
+            if resp.status() != http::StatusCode::OK {
+                return Err(document(format!("status {}", resp.status())));
+            }
+            let body = Limited::new(resp.into_body(), MAX_DOCUMENT)
+                .collect()
+                .await
+                .map_err(|e| transport(e.to_string()))?
+                .to_bytes();
+            serde_json::from_slice(&body).map_err(|e| document(format!("not JSON: {e}")))
+        };
+        tokio::time::timeout(self.timeout, fetch)
+            .await
+            .map_err(|_| transport(format!("no answer within {:?}", self.timeout)))?
+    }
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySource {
+    /// OIDC discovery at this URL; its `issuer` must equal `issuer`.
+    Discovery {
+        /// Discovery document URL.
+        url: String,
+        /// The configured issuer URL.
+        issuer: String,
+    },
+    /// A JWKS URL.
+    Url(String),
+    /// A local JWKS file (reloaded when it changes).
+    File(PathBuf),
+    /// Keys given in the configuration.
+    Inline(Value),
+}
+
+/// An issuer's keys: the last good set, refreshed periodically and on unknown `kid`s
+/// (rate-limited), kept while the issuer is unreachable.
+pub struct IssuerKeys {
+    /// Metric label and log name (the configured issuer URL).
+    pub label: String,
+    source: KeySource,
+    ca: String,
+    client: HttpsClient,
+    current: ArcSwapOption<KeySet>,
+    loaded: Mutex<Option<crate::verify::Digest>>,
+    last_attempt: Mutex<Option<Instant>>,
+    min_interval: Duration,
+    metrics: Metrics,
+}
+
+impl IssuerKeys {
+    /// Keys from `source`; nothing is fetched until [`IssuerKeys::refresh`].
+    pub fn new(
+        label: String,
+        source: KeySource,
+        ca: String,
+        client: HttpsClient,
+        min_interval: Duration,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        Arc::new(IssuerKeys {
+            label,
+            source,
+            ca,
+            client,
+            current: ArcSwapOption::empty(),
+            loaded: Mutex::new(None),
+            last_attempt: Mutex::new(None),
+            min_interval,
+            metrics,
+        })
+    }
+
+    /// The current set (`None` before the first successful load).
+    pub fn current(&self) -> Option<Arc<KeySet>> {
+        self.current.load_full()
+    }
+
+    /// The source.
+    pub fn source(&self) -> &KeySource {
+        &self.source
+    }
+
+    /// Same issuer, key source and CA: the loaded keys can be carried over.
+    pub fn same_origin(&self, other: &IssuerKeys) -> bool {
+        self.label == other.label && self.source == other.source && self.ca == other.ca
+    }
+
+    async fn load(&self) -> Result<(KeySet, crate::verify::Digest), FetchError> {
+        let doc = match &self.source {
+            KeySource::Inline(v) => v.clone(),
+            KeySource::File(p) => {
+                let bytes = std::fs::read(p).map_err(|e| FetchError::File {
+                    path: p.clone(),
+                    reason: e.to_string(),
+                })?;
+                serde_json::from_slice(&bytes).map_err(|e| FetchError::File {
+                    path: p.clone(),
+                    reason: format!("not JSON: {e}"),
+                })?
+            }
+            KeySource::Url(u) => self.client.get_json(u).await?,
+            KeySource::Discovery { url, issuer } => {
+                let d = self.client.get_json(url).await?;
+                let bad = |reason: String| FetchError::Document {
+                    url: url.clone(),
+                    reason,
+                };
+                match d.get("issuer").and_then(Value::as_str) {
+                    Some(i) if i == issuer => {}
+                    other => {
+                        return Err(bad(format!(
+                            "discovery issuer {other:?} does not match the configured issuer {issuer:?}"
+                        )));
+                    }
+                }
+                let jwks_uri = d
+                    .get("jwks_uri")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad("no jwks_uri".into()))?;
+                if !jwks_uri.starts_with("https://") {
+                    return Err(bad(format!("jwks_uri {jwks_uri:?} is not https")));
+                }
+                self.client.get_json(jwks_uri).await?
+            }
+        };
+        let digest = crate::verify::Digest::of(doc.to_string().as_bytes());
+        KeySet::parse(&doc)
+            .map(|k| (k, digest))
+            .map_err(|reason| FetchError::Document {
+                url: match &self.source {
+                    KeySource::Url(u) | KeySource::Discovery { url: u, .. } => u.clone(),
+                    KeySource::File(p) => p.display().to_string(),
+                    KeySource::Inline(_) => "inline keys".into(),
+                },
+                reason,
+            })
+    }
+
+    /// Fetches now (unconditionally) and installs the result; on failure the last good
+    /// set stays in use.
+    ///
+    /// # Errors
+    /// The fetch error (already logged and counted).
+    pub async fn refresh(&self) -> Result<(), FetchError> {
+        *self.last_attempt.lock().await = Some(Instant::now());
+        self.refresh_locked().await
+    }
+
+    async fn refresh_locked(&self) -> Result<(), FetchError> {
+        match self.load().await {
+            Ok((set, digest)) => {
+                let mut loaded = self.loaded.lock().await;
+                if *loaded == Some(digest) && self.current.load().is_some() {
+                    // Unchanged: nothing to install or log.
+                    return Ok(());
+                }
+                *loaded = Some(digest);
+                for s in &set.skipped {
+                    tracing::warn!(issuer = %self.label, skipped = %s, "JWKS key skipped");
+                }
+                tracing::info!(issuer = %self.label, keys = set.keys.len(), "JWKS loaded");
+                self.current.store(Some(Arc::new(set)));
+                self.metrics
+                    .jwks_refreshes
+                    .with_label_values(&[&self.label, "success"])
+                    .inc();
+                Ok(())
+            }
+            Err(e) => {
+                let kept = self.current.load().is_some();
+                tracing::warn!(issuer = %self.label, error = %e, keeping_last_good = kept, "JWKS refresh failed");
+                self.metrics
+                    .jwks_refreshes
+                    .with_label_values(&[&self.label, "failure"])
+                    .inc();
+                Err(e)
+            }
+        }
+    }
+
+    /// The key set to verify a token whose header names `kid`: refreshes first when the
+    /// set is missing or lacks that `kid`, at most once per `min_interval` however many
+    /// tokens ask (concurrent askers wait for the one refresh).
+    pub async fn for_kid(&self, kid: Option<&str>) -> Option<Arc<KeySet>> {
+        let cur = self.current();
+        let satisfied = |s: &Option<Arc<KeySet>>| match (s, kid) {
+            (Some(set), Some(k)) => set.has_kid(k),
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if satisfied(&cur) {
+            return cur;
+        }
+        let mut last = self.last_attempt.lock().await;
+        // Someone else may have refreshed while we waited for the lock.
+        let cur = self.current();
+        if satisfied(&cur) {
+            return cur;
+        }
+        if last.is_some_and(|t| t.elapsed() < self.min_interval) {
+            return cur;
+        }
+        *last = Some(Instant::now());
+        let _ = self.refresh_locked().await;
+        self.current()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn rsa_jwk() -> Value {
+        let pem = crate::mint::keys::generate_pem(crate::mint::keys::Alg::RS256).unwrap();
+        let k = openssl::pkey::PKey::private_key_from_pem(&pem).unwrap();
+        let rsa = k.rsa().unwrap();
+        use base64::Engine;
+        let b = |v: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        json!({"kty": "RSA", "kid": "k1", "n": b(rsa.n().to_vec()), "e": b(rsa.e().to_vec())})
+    }
+
+    #[test]
+    fn allow_list_and_use() {
+        let mut k = rsa_jwk();
+        let key = VerifyKey::from_jwk(&k).unwrap();
+        assert!(key.verifier("RS256").is_some());
+        assert!(key.verifier("PS512").is_some());
+        assert!(key.verifier("HS256").is_none());
+        assert!(key.verifier("none").is_none());
+        k["alg"] = json!("RS384");
+        let key = VerifyKey::from_jwk(&k).unwrap();
+        assert!(key.verifier("RS256").is_none());
+        assert!(key.verifier("RS384").is_some());
+        k["alg"] = json!("ES256");
+        assert!(VerifyKey::from_jwk(&k).is_err());
+        k["alg"] = json!("RS256");
+        k["use"] = json!("enc");
+        assert!(VerifyKey::from_jwk(&k).is_err());
+        assert!(VerifyKey::from_jwk(&json!({"kty": "oct", "k": "c2VjcmV0"})).is_err());
+    }
+
+    #[test]
+    fn sets_skip_unusable_keys_but_need_one() {
+        let set = KeySet::parse(&json!({"keys": [{"kty": "oct", "k": "eA"}, rsa_jwk()]})).unwrap();
+        assert_eq!(set.keys.len(), 1);
+        assert_eq!(set.skipped.len(), 1);
+        assert!(set.has_kid("k1"));
+        assert_eq!(set.candidates(Some("k1"), "RS256").count(), 1);
+        assert_eq!(set.candidates(Some("k2"), "RS256").count(), 0);
+        assert_eq!(set.candidates(None, "ES256").count(), 0);
+        assert!(KeySet::parse(&json!({"keys": [{"kty": "oct", "k": "eA"}]})).is_err());
+        assert!(KeySet::parse(&json!({"nokeys": 1})).is_err());
+    }
+}

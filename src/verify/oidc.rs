@@ -1,0 +1,714 @@
+//! The `jwt` verifier: OIDC/JWT issuers with kube's AuthenticationConfiguration semantics, routed by the token's unverified `iss`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::authn_config::{JwtAuthenticator, validate};
+use super::cel::{CelEnv, Expr};
+use super::jwks::{ALLOWED_ALGS, HttpsClient, IssuerKeys, KeySource};
+use super::{Identity, Outcome, RejectReason, Rejection, Token, Verifier, VerifyError};
+use crate::clock::UnixTime;
+use crate::k8s::token_review::UserInfo;
+use crate::metrics::Metrics;
+
+/// kube's extra key for the token id.
+const CREDENTIAL_ID: &str = "authentication.kubernetes.io/credential-id";
+
+/// Where keys come from when not from discovery (tokenhook's additions to kube's schema).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct KeyOverride {
+    /// A JWKS URL.
+    pub jwks_url: Option<String>,
+    /// A local JWKS file.
+    pub jwks_file: Option<PathBuf>,
+    /// Inline JWKS.
+    pub jwks: Option<Value>,
+}
+
+/// Settings that apply to every issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSettings {
+    /// Clock skew tolerated on `exp`, `nbf`, `iat`.
+    pub leeway: Duration,
+    /// Periodic JWKS refresh.
+    pub refresh_interval: Duration,
+    /// Minimum time between refreshes triggered by unknown `kid`s.
+    pub min_refresh_interval: Duration,
+    /// Timeout of one fetch.
+    pub fetch_timeout: Duration,
+}
+
+impl Default for JwtSettings {
+    fn default() -> Self {
+        JwtSettings {
+            leeway: Duration::from_secs(60),
+            refresh_interval: Duration::from_secs(600),
+            min_refresh_interval: Duration::from_secs(10),
+            fetch_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+enum Mapping {
+    Claim { claim: String, prefix: String },
+    Expr(Expr),
+}
+
+enum ClaimRule {
+    Required { claim: String, value: String },
+    Expr { expr: Expr, message: String },
+}
+
+/// One issuer, compiled.
+pub struct JwtIssuer {
+    /// The issuer URL (`iss`).
+    pub url: String,
+    audiences: Vec<String>,
+    /// Its keys.
+    pub keys: Arc<IssuerKeys>,
+    claim_rules: Vec<ClaimRule>,
+    username: Mapping,
+    username_from_email: bool,
+    groups: Option<Mapping>,
+    uid: Option<Mapping>,
+    extra: Vec<(String, Mapping)>,
+    user_rules: Vec<(Expr, String)>,
+    leeway: u64,
+}
+
+fn reject(reason: RejectReason, detail: impl Into<String>) -> Outcome {
+    Outcome::Rejected(Rejection {
+        reason,
+        detail: detail.into(),
+    })
+}
+
+impl JwtIssuer {
+    /// Compiles one authenticator. `path` names it in errors (`jwt[0]`).
+    #[allow(clippy::type_complexity)] // the local mapping helper's compile callback
+    ///
+    /// # Errors
+    /// Every problem: kube's structural rules, CEL that does not compile, an unusable CA
+    /// or key override.
+    pub fn build(
+        a: &JwtAuthenticator,
+        keys_override: &KeyOverride,
+        path: &str,
+        settings: &JwtSettings,
+        cel: &CelEnv,
+        metrics: &Metrics,
+    ) -> Result<Self, Vec<String>> {
+        let mut errs = validate(std::slice::from_ref(a), "jwt")
+            .into_iter()
+            .map(|e| e.replacen("jwt[0]", path, 1))
+            .collect::<Vec<_>>();
+        let mut compile =
+            |src: &str, field: String, vars: &[&str]| match Expr::compile(cel, src, vars) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    errs.push(format!(
+                        "{path}.{field}: Invalid value: {src:?}: {e} (issuer {})",
+                        a.issuer.url
+                    ));
+                    None
+                }
+            };
+        let m = &a.claim_mappings;
+        let mapping =
+            |c: &str,
+             p: &Option<String>,
+             e: &str,
+             field: &str,
+             compile: &mut dyn FnMut(&str, String, &[&str]) -> Option<Expr>| {
+                if !e.is_empty() {
+                    compile(e, format!("claimMappings.{field}.expression"), &["claims"])
+                        .map(Mapping::Expr)
+                } else if !c.is_empty() {
+                    Some(Mapping::Claim {
+                        claim: c.to_owned(),
+                        prefix: p.clone().unwrap_or_default(),
+                    })
+                } else {
+                    None
+                }
+            };
+        let username = mapping(
+            &m.username.claim,
+            &m.username.prefix,
+            &m.username.expression,
+            "username",
+            &mut compile,
+        );
+        let groups = mapping(
+            &m.groups.claim,
+            &m.groups.prefix,
+            &m.groups.expression,
+            "groups",
+            &mut compile,
+        );
+        let uid = mapping(
+            &m.uid.claim,
+            &Some(String::new()),
+            &m.uid.expression,
+            "uid",
+            &mut compile,
+        );
+        let mut claim_rules = Vec::new();
+        for (i, r) in a.claim_validation_rules.iter().enumerate() {
+            if !r.expression.is_empty() {
+                if let Some(expr) = compile(
+                    &r.expression,
+                    format!("claimValidationRules[{i}].expression"),
+                    &["claims"],
+                ) {
+                    claim_rules.push(ClaimRule::Expr {
+                        expr,
+                        message: r.message.clone(),
+                    });
+                }
+            } else {
+                claim_rules.push(ClaimRule::Required {
+                    claim: r.claim.clone(),
+                    value: r.required_value.clone(),
+                });
+            }
+        }
+        let mut extra = Vec::new();
+        for (i, e) in m.extra.iter().enumerate() {
+            if let Some(x) = compile(
+                &e.value_expression,
+                format!("claimMappings.extra[{i}].valueExpression"),
+                &["claims"],
+            ) {
+                extra.push((e.key.clone(), Mapping::Expr(x)));
+            }
+        }
+        let mut user_rules = Vec::new();
+        for (i, r) in a.user_validation_rules.iter().enumerate() {
+            if let Some(x) = compile(
+                &r.expression,
+                format!("userValidationRules[{i}].expression"),
+                &["user"],
+            ) {
+                user_rules.push((x, r.message.clone()));
+            }
+        }
+        // kube: a username built from claims.email by expression must be paired with a
+        // check of claims.email_verified somewhere.
+        if m.username.expression.contains("claims.email")
+            && !m.username.expression.contains("claims.email_verified")
+        {
+            let checked = a
+                .claim_validation_rules
+                .iter()
+                .any(|r| r.expression.contains("claims.email_verified"))
+                || m.extra
+                    .iter()
+                    .any(|e| e.value_expression.contains("claims.email_verified"));
+            if !checked {
+                errs.push(format!(
+                    "{path}.claimMappings.username.expression: Invalid value: {:?}: claims.email_verified must be used in claimMappings.username.expression or claimMappings.extra[*].valueExpression or claimValidationRules[*].expression when claims.email is used in claimMappings.username.expression",
+                    m.username.expression
+                ));
+            }
+        }
+        let ca = (!a.issuer.certificate_authority.is_empty())
+            .then_some(a.issuer.certificate_authority.as_str());
+        let ca_text = a.issuer.certificate_authority.clone();
+        let client = HttpsClient::new(ca, settings.fetch_timeout)
+            .map_err(|e| errs.push(format!("{path}.issuer.certificateAuthority: {e}")))
+            .ok();
+        let source = match (keys_override, a.issuer.discovery_url.is_empty()) {
+            (KeyOverride { jwks: Some(v), .. }, _) => KeySource::Inline(v.clone()),
+            (
+                KeyOverride {
+                    jwks_file: Some(p), ..
+                },
+                _,
+            ) => KeySource::File(p.clone()),
+            (
+                KeyOverride {
+                    jwks_url: Some(u), ..
+                },
+                _,
+            ) => KeySource::Url(u.clone()),
+            (_, true) => KeySource::Discovery {
+                url: format!(
+                    "{}/.well-known/openid-configuration",
+                    a.issuer.url.trim_end_matches('/')
+                ),
+                issuer: a.issuer.url.clone(),
+            },
+            (_, false) => KeySource::Discovery {
+                url: a.issuer.discovery_url.clone(),
+                issuer: a.issuer.url.clone(),
+            },
+        };
+        if let KeySource::Url(u) = &source
+            && !u.starts_with("https://")
+        {
+            errs.push(format!("{path}.jwks_url: {u:?} must be an https URL"));
+        }
+        match (errs.is_empty(), username, client) {
+            (true, Some(username), Some(client)) => Ok(JwtIssuer {
+                url: a.issuer.url.clone(),
+                audiences: a.issuer.audiences.clone(),
+                keys: IssuerKeys::new(
+                    a.issuer.url.clone(),
+                    source,
+                    ca_text,
+                    client,
+                    settings.min_refresh_interval,
+                    metrics.clone(),
+                ),
+                claim_rules,
+                username_from_email: m.username.claim == "email",
+                username,
+                groups,
+                uid,
+                extra,
+                user_rules,
+                leeway: settings.leeway.as_secs(),
+            }),
+            _ => Err(errs),
+        }
+    }
+
+    async fn verify(
+        &self,
+        token: &str,
+        header: &Header,
+        payload: &[u8],
+        cel: &CelEnv,
+        now: UnixTime,
+    ) -> Result<Outcome, VerifyError> {
+        let Some(keys) = self.keys.for_kid(header.kid.as_deref()).await else {
+            return Err(VerifyError::Unavailable {
+                verifier: format!("jwt issuer {}", self.url),
+                reason: "no signing keys could be loaded yet".into(),
+            });
+        };
+        let mut candidates = keys
+            .candidates(header.kid.as_deref(), &header.alg)
+            .peekable();
+        if candidates.peek().is_none() {
+            return Ok(reject(
+                RejectReason::UnknownKey,
+                format!("no key for kid {:?} and alg {}", header.kid, header.alg),
+            ));
+        }
+        if !candidates.any(|v| josekit::jws::deserialize_compact(token, v).is_ok()) {
+            return Ok(reject(
+                RejectReason::BadSignature,
+                "signature does not verify",
+            ));
+        }
+        let claims: Map<String, Value> = match serde_json::from_slice(payload) {
+            Ok(c) => c,
+            Err(_) => {
+                return Ok(reject(
+                    RejectReason::Malformed,
+                    "payload is not a JSON object",
+                ));
+            }
+        };
+        Ok(self.check(claims, cel, now))
+    }
+
+    fn time_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, String> {
+        match claims.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_f64()
+                .filter(|f| *f >= 0.0)
+                .map(|f| Some(f as u64))
+                .ok_or_else(|| format!("{name} is not a valid time")),
+            Some(_) => Err(format!("{name} is not a number")),
+        }
+    }
+
+    fn check(&self, claims: Map<String, Value>, cel: &CelEnv, now: UnixTime) -> Outcome {
+        // iss matched when routing; audiences (MatchAny), then times.
+        let auds: Vec<&str> = match claims.get("aud") {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => vec![],
+        };
+        if !auds.iter().any(|a| self.audiences.iter().any(|c| c == a)) {
+            return reject(
+                RejectReason::AudienceMismatch,
+                format!("aud {auds:?} not in {:?}", self.audiences),
+            );
+        }
+        let (exp, nbf, iat) = match (
+            Self::time_claim(&claims, "exp"),
+            Self::time_claim(&claims, "nbf"),
+            Self::time_claim(&claims, "iat"),
+        ) {
+            (Ok(e), Ok(n), Ok(i)) => (e, n, i),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                return reject(RejectReason::Malformed, e);
+            }
+        };
+        let Some(exp) = exp else {
+            return reject(RejectReason::Malformed, "no exp claim");
+        };
+        if now.0 >= exp.saturating_add(self.leeway) {
+            return reject(RejectReason::Expired, format!("expired at {exp}"));
+        }
+        if nbf.is_some_and(|n| n > now.0.saturating_add(self.leeway)) {
+            return reject(
+                RejectReason::NotYetValid,
+                format!("not valid before {nbf:?}"),
+            );
+        }
+        if iat.is_some_and(|i| i > now.0.saturating_add(self.leeway)) {
+            return reject(
+                RejectReason::NotYetValid,
+                format!("issued in the future ({iat:?})"),
+            );
+        }
+        let claims_v = Value::Object(claims);
+        for r in &self.claim_rules {
+            match r {
+                ClaimRule::Required { claim, value } => {
+                    if claims_v.get(claim).and_then(Value::as_str) != Some(value.as_str()) {
+                        return reject(
+                            RejectReason::ClaimRule,
+                            format!("claim rule \"{claim}\" failed: expected {value:?}"),
+                        );
+                    }
+                }
+                ClaimRule::Expr { expr, message } => match expr.eval(cel, &[("claims", &claims_v)])
+                {
+                    Ok(Value::Bool(true)) => {}
+                    Ok(Value::Bool(false)) => {
+                        return reject(
+                            RejectReason::ClaimRule,
+                            format!("claim rule \"{}\" failed: {message}", expr.source),
+                        );
+                    }
+                    Ok(other) => {
+                        return reject(
+                            RejectReason::ClaimRule,
+                            format!(
+                                "claim rule \"{}\" returned {other}, not a bool",
+                                expr.source
+                            ),
+                        );
+                    }
+                    Err(e) => {
+                        return reject(
+                            RejectReason::ClaimRule,
+                            format!("claim rule \"{}\" failed: {e}", expr.source),
+                        );
+                    }
+                },
+            }
+        }
+        if self.username_from_email
+            && let Some(v) = claims_v.get("email_verified")
+            && v != &Value::Bool(true)
+        {
+            return reject(RejectReason::ClaimRule, "email not verified");
+        }
+        let eval_strings = |m: &Mapping, what: &str| -> Result<Vec<String>, String> {
+            match m {
+                Mapping::Claim { claim, prefix } => match claims_v.get(claim) {
+                    None | Some(Value::Null) => Ok(vec![]),
+                    Some(Value::String(s)) => Ok(vec![format!("{prefix}{s}")]),
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .map(|v| {
+                            v.as_str()
+                                .map(|s| format!("{prefix}{s}"))
+                                .ok_or_else(|| format!("{what} claim {claim:?} holds a non-string"))
+                        })
+                        .collect(),
+                    Some(_) => Err(format!("{what} claim {claim:?} is not a string")),
+                },
+                Mapping::Expr(e) => match e.eval(cel, &[("claims", &claims_v)]) {
+                    Ok(Value::String(s)) => Ok(vec![s]),
+                    Ok(Value::Array(a)) => a
+                        .iter()
+                        .map(|v| {
+                            v.as_str()
+                                .map(str::to_owned)
+                                .ok_or_else(|| format!("{what} expression returned a non-string"))
+                        })
+                        .collect(),
+                    Ok(Value::Null) => Ok(vec![]),
+                    Ok(other) => Err(format!("{what} expression returned {other}, not a string")),
+                    Err(err) => Err(format!("{what} expression \"{}\": {err}", e.source)),
+                },
+            }
+        };
+        let one = |m: &Mapping, what: &str| -> Result<String, String> {
+            let mut v = eval_strings(m, what)?;
+            if v.len() > 1 {
+                return Err(format!("{what} must be a single string"));
+            }
+            Ok(v.pop().unwrap_or_default())
+        };
+        let username = match one(&self.username, "username") {
+            Ok(u) if !u.is_empty() => u,
+            Ok(_) => return reject(RejectReason::ClaimRule, "username is empty"),
+            Err(e) => return reject(RejectReason::ClaimRule, e),
+        };
+        let groups = match self.groups.as_ref().map(|g| eval_strings(g, "groups")) {
+            None => vec![],
+            Some(Ok(g)) => g,
+            Some(Err(e)) => return reject(RejectReason::ClaimRule, e),
+        };
+        let uid = match self.uid.as_ref().map(|u| one(u, "uid")) {
+            None => String::new(),
+            Some(Ok(u)) => u,
+            Some(Err(e)) => return reject(RejectReason::ClaimRule, e),
+        };
+        let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, e) in &self.extra {
+            match eval_strings(e, &format!("extra {key}")) {
+                Ok(v) => {
+                    let v: Vec<String> = v.into_iter().filter(|s| !s.is_empty()).collect();
+                    if !v.is_empty() {
+                        extra.insert(key.clone(), v);
+                    }
+                }
+                Err(err) => return reject(RejectReason::ClaimRule, err),
+            }
+        }
+        if let Some(Value::String(jti)) = claims_v.get("jti")
+            && !jti.is_empty()
+        {
+            extra.insert(CREDENTIAL_ID.into(), vec![format!("JTI={jti}")]);
+        }
+        let user = UserInfo {
+            username,
+            uid,
+            groups,
+            extra,
+        };
+        if !self.user_rules.is_empty() {
+            let user_v = json!({"username": user.username, "uid": user.uid, "groups": user.groups, "extra": user.extra});
+            for (expr, message) in &self.user_rules {
+                match expr.eval(cel, &[("user", &user_v)]) {
+                    Ok(Value::Bool(true)) => {}
+                    Ok(_) => {
+                        return reject(
+                            RejectReason::ClaimRule,
+                            format!("user rule \"{}\" failed: {message}", expr.source),
+                        );
+                    }
+                    Err(e) => {
+                        return reject(
+                            RejectReason::ClaimRule,
+                            format!("user rule \"{}\" failed: {e}", expr.source),
+                        );
+                    }
+                }
+            }
+        }
+        Outcome::Authenticated(Identity {
+            user,
+            // Audience-agnostic towards the review, as kube (DESIGN.md).
+            audiences: None,
+            expires_at: Some(UnixTime(exp)),
+        })
+    }
+}
+
+/// Keeps `keys` fresh: loads now, then every `interval`, until the issuer is dropped or
+/// `stop` turns true. Inline keys load once.
+pub fn spawn_refresh(
+    keys: &Arc<IssuerKeys>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let weak = Arc::downgrade(keys);
+    let once = matches!(keys.source(), KeySource::Inline(_));
+    tokio::spawn(async move {
+        loop {
+            let Some(k) = weak.upgrade() else { return };
+            let _ = k.refresh().await;
+            drop(k);
+            if once {
+                return;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    });
+}
+
+/// Builds every authenticator of a configuration, reporting all problems at once.
+///
+/// # Errors
+/// Every problem of every authenticator.
+pub fn build_all(
+    jwt: &[JwtAuthenticator],
+    settings: &JwtSettings,
+    cel: &CelEnv,
+    metrics: &Metrics,
+) -> Result<Vec<JwtIssuer>, Vec<String>> {
+    let mut out = Vec::new();
+    let mut errs = super::authn_config::validate(jwt, "jwt")
+        .into_iter()
+        .filter(|e| e.contains("Duplicate value"))
+        .collect::<Vec<_>>();
+    for (i, a) in jwt.iter().enumerate() {
+        match JwtIssuer::build(
+            a,
+            &KeyOverride::default(),
+            &format!("jwt[{i}]"),
+            settings,
+            cel,
+            metrics,
+        ) {
+            Ok(x) => out.push(x),
+            Err(e) => errs.extend(e),
+        }
+    }
+    if errs.is_empty() { Ok(out) } else { Err(errs) }
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    #[serde(default)]
+    kid: Option<String>,
+    #[serde(default)]
+    crit: Option<Value>,
+    #[serde(default)]
+    jku: Option<Value>,
+    #[serde(default)]
+    x5u: Option<Value>,
+    #[serde(default)]
+    jwk: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct IssOnly {
+    #[serde(default)]
+    iss: Option<Value>,
+}
+
+/// The verifier: issuers by URL, swapped whole when their configuration reloads.
+#[derive(Clone)]
+pub struct Jwt {
+    issuers: Arc<ArcSwap<HashMap<String, Arc<JwtIssuer>>>>,
+    cel: Arc<CelEnv>,
+    /// Metric label.
+    pub kind: &'static str,
+}
+
+impl Jwt {
+    /// Replaces every issuer, keeping the loaded keys of issuers whose URL, key source and
+    /// CA did not change (so a reload does not send them back to their issuer).
+    pub fn replace_keeping_keys(&self, mut issuers: Vec<JwtIssuer>) -> Vec<Arc<IssuerKeys>> {
+        let old = self.issuers.load();
+        let mut fresh = Vec::new();
+        for i in &mut issuers {
+            match old.get(&i.url) {
+                Some(o) if o.keys.same_origin(&i.keys) => i.keys = o.keys.clone(),
+                _ => fresh.push(i.keys.clone()),
+            }
+        }
+        self.replace(issuers);
+        fresh
+    }
+
+    /// A verifier over `issuers`.
+    pub fn new(issuers: Vec<JwtIssuer>, cel: Arc<CelEnv>, kind: &'static str) -> Self {
+        Jwt {
+            issuers: Arc::new(ArcSwap::from_pointee(index(issuers))),
+            cel,
+            kind,
+        }
+    }
+
+    /// Replaces every issuer (configuration reload).
+    pub fn replace(&self, issuers: Vec<JwtIssuer>) {
+        self.issuers.store(Arc::new(index(issuers)));
+    }
+
+    /// The current issuers.
+    pub fn issuers(&self) -> Vec<Arc<JwtIssuer>> {
+        self.issuers.load().values().cloned().collect()
+    }
+}
+
+fn index(issuers: Vec<JwtIssuer>) -> HashMap<String, Arc<JwtIssuer>> {
+    issuers
+        .into_iter()
+        .map(|i| (i.url.clone(), Arc::new(i)))
+        .collect()
+}
+
+impl Verifier for Jwt {
+    async fn verify(&self, token: &Token, now: UnixTime) -> Result<Outcome, VerifyError> {
+        let t = token.expose();
+        let mut parts = t.split('.');
+        let (Some(h), Some(p), Some(_), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Ok(Outcome::NotMine);
+        };
+        let Some(payload) = URL_SAFE_NO_PAD.decode(p).ok() else {
+            return Ok(Outcome::NotMine);
+        };
+        // Routed by the unverified iss: one lookup, not a trial of every issuer.
+        let issuer = match serde_json::from_slice::<IssOnly>(&payload) {
+            Ok(IssOnly {
+                iss: Some(Value::String(iss)),
+            }) => self.issuers.load().get(&iss).cloned(),
+            _ => None,
+        };
+        let Some(issuer) = issuer else {
+            return Ok(Outcome::NotMine);
+        };
+        let header: Header = match URL_SAFE_NO_PAD
+            .decode(h)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            Some(h) => h,
+            None => {
+                return Ok(reject(
+                    RejectReason::Malformed,
+                    "header is not base64url JSON",
+                ));
+            }
+        };
+        if !ALLOWED_ALGS.contains(&header.alg.as_str()) {
+            return Ok(reject(
+                RejectReason::BadSignature,
+                format!("alg {:?} is not allowed", header.alg),
+            ));
+        }
+        if header.crit.is_some() {
+            return Ok(reject(
+                RejectReason::Malformed,
+                "crit header is not supported",
+            ));
+        }
+        if header.jku.is_some() || header.x5u.is_some() || header.jwk.is_some() {
+            // Keys come from the issuer's configuration only; a token naming its own key is
+            // refused rather than followed.
+            return Ok(reject(
+                RejectReason::Malformed,
+                "jku/x5u/jwk headers are not accepted",
+            ));
+        }
+        issuer.verify(t, &header, &payload, &self.cel, now).await
+    }
+}
