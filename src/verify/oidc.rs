@@ -203,16 +203,17 @@ impl JwtIssuer {
         }
         // kube: a username built from claims.email by expression must be paired with a
         // check of claims.email_verified somewhere.
-        if m.username.expression.contains("claims.email")
-            && !m.username.expression.contains("claims.email_verified")
-        {
+        let uses_verified = |e: &str| e.contains("email_verified");
+        let without_verified = m.username.expression.replace("email_verified", "");
+        let uses_email = ["claims.email", "claims.?email"]
+            .iter()
+            .any(|p| without_verified.contains(p));
+        if uses_email && !uses_verified(&m.username.expression) {
             let checked = a
                 .claim_validation_rules
                 .iter()
-                .any(|r| r.expression.contains("claims.email_verified"))
-                || m.extra
-                    .iter()
-                    .any(|e| e.value_expression.contains("claims.email_verified"));
+                .any(|r| uses_verified(&r.expression))
+                || m.extra.iter().any(|e| uses_verified(&e.value_expression));
             if !checked {
                 errs.push(format!(
                     "{path}.claimMappings.username.expression: Invalid value: {:?}: claims.email_verified must be used in claimMappings.username.expression or claimMappings.extra[*].valueExpression or claimValidationRules[*].expression when claims.email is used in claimMappings.username.expression",

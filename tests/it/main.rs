@@ -11,6 +11,7 @@ mod support;
 
 mod cli;
 mod errors;
+mod jwt;
 mod mint;
 mod reload;
 mod review;

@@ -1,5 +1,7 @@
 //! Test harness: a throwaway PKI, the real server bound on 127.0.0.1:0 from a real config file, and a real TLS HTTP client.
 
+pub mod issuer;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -169,8 +171,20 @@ pub struct TestServer {
 
 impl TestServer {
     pub async fn start(opts: Opts) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Ca::new("test CA");
+        Self::start_with(tempfile::tempdir().unwrap(), Ca::new("test CA"), opts).await
+    }
+
+    /// Stops `probe` and starts a new server in its directory with its CA (so that files
+    /// written there, and other servers signed by that CA, carry over).
+    pub async fn start_in(probe: TestServer, opts: Opts) -> TestServer {
+        let TestServer {
+            _running, dir, ca, ..
+        } = probe;
+        _running.shutdown().await;
+        Self::start_with(dir, ca, opts).await
+    }
+
+    async fn start_with(dir: tempfile::TempDir, ca: Ca, opts: Opts) -> TestServer {
         let server = ca.server();
         let caller = ca.client("kube-apiserver");
         let w = |name: &str, s: &str| {

@@ -1,0 +1,543 @@
+//! JWT/OIDC issuers: a real issuer on loopback, tokens signed by another JWT library, kube's AuthenticationConfiguration semantics.
+
+use serde_json::{Value, json};
+
+use crate::assert_eventually;
+use crate::support::issuer::{Issuer, keypair};
+use crate::support::{Opts, TestServer, replace_file};
+
+/// The issuer block of an AuthenticationConfiguration for `iss`, indented for `jwt:`.
+fn issuer_yaml(iss: &Issuer, ca: &str, audiences: &[&str]) -> String {
+    let ca: String = ca.lines().map(|l| format!("      {l}\n")).collect();
+    format!(
+        "- issuer:\n    url: {url}\n    audiences: [{auds}]\n    audienceMatchPolicy: MatchAny\n    certificateAuthority: |\n{ca}",
+        url = iss.url,
+        auds = audiences
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+/// Starts tokenhook (its own CA) plus one issuer signed by that CA, configured by `rest`
+/// (the YAML after the issuer block of `jwt[0]`).
+async fn setup(rest: &str) -> (TestServer, Issuer) {
+    setup_with(rest, "[jwt]\nmin_refresh_interval_seconds = 0\n").await
+}
+
+async fn setup_with(rest: &str, jwt_section: &str) -> (TestServer, Issuer) {
+    // The issuer needs the CA before tokenhook's config exists: make the CA first by
+    // starting a throwaway server, then reuse its CA for the real one.
+    let probe = TestServer::start(Opts::default()).await;
+    let issuer = Issuer::start(&probe.ca).await;
+    let yaml = format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n{}{rest}",
+        issuer_yaml(&issuer, &probe.ca.pem, &["my-app", "other-app"])
+    );
+    std::fs::write(probe.path("authn.yaml"), &yaml).unwrap();
+    let s = TestServer::start_in(
+        probe,
+        Opts {
+            extra_toml: format!(
+                "{jwt_section}\n[[verifiers]]\ntype = \"authentication_config\"\nfile = \"authn.yaml\"\n"
+            ),
+            ..Opts::default()
+        },
+    )
+    .await;
+    (s, issuer)
+}
+
+const MAPPINGS: &str = "  claimMappings:\n    username:\n      claim: sub\n      prefix: \"oidc:\"\n    groups:\n      claim: groups\n      prefix: \"\"\n";
+
+#[tokio::test]
+async fn every_algorithm_verifies() {
+    let (s, iss) = setup(MAPPINGS).await;
+    let c = s.client();
+    for (alg, kid) in [
+        ("RS256", "k1"),
+        ("PS256", "kp"),
+        ("ES256", "ke"),
+        ("EdDSA", "kd"),
+        ("RS512", "kr"),
+    ] {
+        if kid != "k1" {
+            iss.add_key(alg, kid);
+        }
+        let t = iss.sign(
+            kid,
+            &iss.claims(json!({"groups": ["dev", "ops"], "jti": "abc"})),
+        );
+        let v = c
+            .review(&t, &["https://kubernetes.default.svc"])
+            .await
+            .json();
+        assert_eq!(
+            v["status"],
+            json!({"authenticated": true, "user": {"username": "oidc:jane", "groups": ["dev", "ops"],
+                   "extra": {"authentication.kubernetes.io/credential-id": ["JTI=abc"]}}}),
+            "{alg}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn attacks_are_rejected() {
+    let (s, iss) = setup(MAPPINGS).await;
+    let c = s.client();
+    let no = json!({"user": {}});
+    let good = iss.sign("k1", &iss.claims(json!({})));
+    assert_eq!(
+        c.review(&good, &[]).await.json()["status"]["authenticated"],
+        true
+    );
+    let b64 = |v: &Value| {
+        base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            v.to_string(),
+        )
+    };
+    let payload = b64(&iss.claims(json!({})));
+
+    // alg none
+    let none = format!("{}.{payload}.", b64(&json!({"alg": "none", "kid": "k1"})));
+    // HS256 with the RSA public key (the JWK's modulus JSON) as the secret
+    let secret = iss.jwk("k1").to_string();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    h.kid = Some("k1".into());
+    let hmac = jsonwebtoken::encode(
+        &h,
+        &iss.claims(json!({})),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap();
+    // a key of another issuer, under a kid the real issuer uses
+    let (a, k, _) = keypair("RS256", "k1");
+    let mut h = jsonwebtoken::Header::new(a);
+    h.kid = Some("k1".into());
+    let foreign = jsonwebtoken::encode(&h, &iss.claims(json!({})), &k).unwrap();
+    // tampered payload
+    let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
+    parts[1] = b64(&iss.claims(json!({"sub": "admin"})));
+    let tampered = parts.join(".");
+    // jku header pointing elsewhere
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some("k1".into());
+    h.jku = Some("https://evil.example/jwks".into());
+    let with_jku = iss.sign_with_header(h, &iss.claims(json!({})));
+    let now = tokenhook::clock::Clock::System.now().0;
+    let cases = [
+        ("alg none", none),
+        ("hs256 with public key", hmac),
+        ("foreign key", foreign),
+        ("tampered", tampered),
+        ("jku", with_jku),
+        (
+            "expired",
+            iss.sign("k1", &iss.claims(json!({"exp": now - 3600}))),
+        ),
+        (
+            "future nbf",
+            iss.sign("k1", &iss.claims(json!({"nbf": now + 3600}))),
+        ),
+        (
+            "no exp",
+            iss.sign("k1", &{
+                let mut c = iss.claims(json!({}));
+                c.as_object_mut().unwrap().remove("exp");
+                c
+            }),
+        ),
+        (
+            "wrong aud",
+            iss.sign("k1", &iss.claims(json!({"aud": ["someone-else"]}))),
+        ),
+        (
+            "missing username claim",
+            iss.sign("k1", &{
+                let mut c = iss.claims(json!({}));
+                c.as_object_mut().unwrap().remove("sub");
+                c
+            }),
+        ),
+        ("unknown kid", {
+            let (a, k, _) = keypair("RS256", "nope");
+            let mut h = jsonwebtoken::Header::new(a);
+            h.kid = Some("nope".into());
+            jsonwebtoken::encode(&h, &iss.claims(json!({})), &k).unwrap()
+        }),
+    ];
+    for (what, token) in cases {
+        let r = c.review(&token, &[]).await;
+        assert_eq!(r.status, 201, "{what}");
+        assert_eq!(r.json()["status"], no, "{what}");
+    }
+    // Wrong iss is simply not this verifier's token.
+    let other = iss.sign("k1", &iss.claims(json!({"iss": "https://other.example"})));
+    assert_eq!(c.review(&other, &[]).await.json()["status"], no);
+    // An oversized token is refused whole, never parsed past the limit.
+    let big = format!(
+        "{}.{}.x",
+        b64(&json!({"alg": "RS256"})),
+        "A".repeat(4 << 20)
+    );
+    let r = c.review(&big, &[]).await;
+    assert_eq!(r.status, 413);
+    for reason in [
+        "bad_signature",
+        "expired",
+        "not_yet_valid",
+        "audience_mismatch",
+        "unknown_kid",
+        "claim_rule",
+        "malformed",
+    ] {
+        assert!(
+            s.metric(
+                "tokenhook_rejections_total",
+                &format!("reason=\"{reason}\"")
+            )
+            .await
+                >= 1.0,
+            "no rejection counted as {reason}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn key_rotation_and_outages() {
+    let (s, iss) = setup(MAPPINGS).await;
+    let c = s.client();
+    let t1 = iss.sign("k1", &iss.claims(json!({})));
+    assert_eq!(
+        c.review(&t1, &[]).await.json()["status"]["authenticated"],
+        true
+    );
+    // Rotation at the issuer: k2 appears, k1 goes. A k2 token triggers a refresh.
+    iss.add_key("ES256", "k2");
+    iss.unpublish("k1");
+    let t2 = iss.sign("k2", &iss.claims(json!({"sub": "second"})));
+    assert_eq!(
+        c.review(&t2, &[]).await.json()["status"]["user"]["username"],
+        "oidc:second"
+    );
+    // Issuer down after the fetch: the last good keys keep verifying.
+    iss.set_down(true);
+    let t3 = iss.sign("k2", &iss.claims(json!({"sub": "third"})));
+    assert_eq!(
+        c.review(&t3, &[]).await.json()["status"]["user"]["username"],
+        "oidc:third"
+    );
+    assert!(
+        s.metric("tokenhook_jwks_refreshes_total", "result=\"success\"")
+            .await
+            >= 2.0
+    );
+    iss.set_down(false);
+    let r = s.client().get("/readyz?verbose").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        r.text().contains(&format!("[+]jwt-issuer {} ok", iss.url)),
+        "{}",
+        r.text()
+    );
+}
+
+#[tokio::test]
+async fn issuer_down_before_first_fetch_is_transient() {
+    let probe = TestServer::start(Opts::default()).await;
+    let iss = Issuer::start(&probe.ca).await;
+    iss.set_down(true);
+    let yaml = format!(
+        "apiVersion: apiserver.config.k8s.io/v1beta1\nkind: AuthenticationConfiguration\njwt:\n{}{MAPPINGS}",
+        issuer_yaml(&iss, &probe.ca.pem, &["my-app"])
+    );
+    std::fs::write(probe.path("authn.yaml"), &yaml).unwrap();
+    let s = TestServer::start_in(
+        probe,
+        Opts {
+            extra_toml: "[jwt]\nmin_refresh_interval_seconds = 0\n\n[[verifiers]]\ntype = \"authentication_config\"\nfile = \"authn.yaml\"\n".into(),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let c = s.client();
+    let t = iss.sign("k1", &iss.claims(json!({})));
+    // Not ready, and "could not check" rather than "no": 503 with Retry-After, not cached.
+    let r = s.anonymous().get("/readyz").await;
+    assert_eq!(r.status, 500);
+    assert!(
+        r.text()
+            .contains(&format!("[-]jwt-issuer {} failed", iss.url))
+    );
+    for _ in 0..2 {
+        let r = c.review(&t, &[]).await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.headers["retry-after"], "1");
+        assert_eq!(r.json()["reason"], "ServiceUnavailable");
+    }
+    iss.set_down(false);
+    assert_eq!(
+        c.review(&t, &[]).await.json()["status"]["authenticated"],
+        true
+    );
+    assert_eq!(s.anonymous().get("/readyz").await.status, 200);
+}
+
+#[tokio::test]
+async fn kube_documentation_examples_behave_as_documented() {
+    // The "Valid token" example: CEL username/groups/uid/extra and a user rule.
+    let doc = r#"  claimMappings:
+    username:
+      expression: 'claims.username + ":external-user"'
+    groups:
+      expression: 'claims.roles.split(",")'
+    uid:
+      expression: 'claims.sub'
+    extra:
+    - key: 'example.com/tenant'
+      valueExpression: 'claims.tenant'
+  userValidationRules:
+  - expression: "!user.username.startsWith('system:')"
+    message: 'username cannot used reserved system: prefix'
+"#;
+    let (s, iss) = setup(doc).await;
+    let claims = json!({"jti": "7c337942807e73caa2c30c868ac0ce910bce02ddcbfebe8c23b8b5f27ad62873",
+                        "roles": "user,admin", "sub": "auth",
+                        "tenant": "72f988bf-86f1-41af-91ab-2d7cd011db4a", "username": "foo"});
+    let t = iss.sign("k1", &iss.claims(claims.clone()));
+    let v = s.client().review(&t, &[]).await.json();
+    assert_eq!(
+        v["status"]["user"],
+        json!({"username": "foo:external-user", "uid": "auth", "groups": ["user", "admin"],
+               "extra": {"example.com/tenant": ["72f988bf-86f1-41af-91ab-2d7cd011db4a"],
+                         "authentication.kubernetes.io/credential-id": ["JTI=7c337942807e73caa2c30c868ac0ce910bce02ddcbfebe8c23b8b5f27ad62873"]}})
+    );
+
+    // "Fails claim validation": the hd rule fails.
+    let failing = format!(
+        "  claimValidationRules:\n  - expression: 'claims.hd == \"example.com\"'\n    message: the hd claim must be set to example.com\n{doc}"
+    );
+    let (s, iss) = setup(&failing).await;
+    let t = iss.sign("k1", &iss.claims(claims.clone()));
+    assert_eq!(
+        s.client().review(&t, &[]).await.json()["status"],
+        json!({"user": {}})
+    );
+    let t = iss.sign("k1", &iss.claims(json!({"hd": "example.com", "roles": "a", "sub": "s", "tenant": "t", "username": "foo"})));
+    assert_eq!(
+        s.client().review(&t, &[]).await.json()["status"]["authenticated"],
+        true
+    );
+
+    // "Fails user validation": a system: username.
+    let sys = doc.replace(
+        "'claims.username + \":external-user\"'",
+        "'\"system:\" + claims.username'",
+    );
+    let (s, iss) = setup(&sys).await;
+    let t = iss.sign("k1", &iss.claims(claims));
+    assert_eq!(
+        s.client().review(&t, &[]).await.json()["status"],
+        json!({"user": {}})
+    );
+
+    // claim + requiredValue, and email with email_verified.
+    let email = "  claimValidationRules:\n  - claim: hd\n    requiredValue: example.com\n  claimMappings:\n    username:\n      claim: email\n      prefix: \"\"\n";
+    let (s, iss) = setup(email).await;
+    let c = s.client();
+    let ok = iss.sign(
+        "k1",
+        &iss.claims(json!({"hd": "example.com", "email": "j@example.com", "email_verified": true})),
+    );
+    assert_eq!(
+        c.review(&ok, &[]).await.json()["status"]["user"]["username"],
+        "j@example.com"
+    );
+    let unverified = iss.sign(
+        "k1",
+        &iss.claims(
+            json!({"hd": "example.com", "email": "j@example.com", "email_verified": false}),
+        ),
+    );
+    assert_eq!(
+        c.review(&unverified, &[]).await.json()["status"],
+        json!({"user": {}})
+    );
+    let wrong_hd = iss.sign(
+        "k1",
+        &iss.claims(json!({"hd": "evil.com", "email": "j@example.com"})),
+    );
+    assert_eq!(
+        c.review(&wrong_hd, &[]).await.json()["status"],
+        json!({"user": {}})
+    );
+}
+
+#[tokio::test]
+async fn audience_agnostic_towards_the_review() {
+    let (s, iss) = setup(MAPPINGS).await;
+    // aud is a client id; kube-apiserver asks with its API audiences: still a yes, and
+    // status.audiences stays empty ("valid for the API server").
+    let t = iss.sign("k1", &iss.claims(json!({"aud": ["other-app", "x"]})));
+    let v = s
+        .client()
+        .review(&t, &["https://kubernetes.default.svc"])
+        .await
+        .json();
+    assert_eq!(v["status"]["authenticated"], true);
+    assert_eq!(v["status"].get("audiences"), None);
+}
+
+#[tokio::test]
+async fn bad_expressions_fail_at_load_naming_issuer_and_field() {
+    let probe = TestServer::start(Opts::default()).await;
+    let iss = Issuer::start(&probe.ca).await;
+    let yaml = format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n{}  claimMappings:\n    username:\n      expression: 'claims.sub +'\n    extra:\n    - key: example.com/x\n      valueExpression: 'frobnicate(claims.sub)'\n",
+        issuer_yaml(&iss, &probe.ca.pem, &["my-app"])
+    );
+    let dir = probe.dir.path().to_owned();
+    std::fs::write(dir.join("authn.yaml"), &yaml).unwrap();
+    std::fs::write(
+        dir.join("t.toml"),
+        "[server]\nlisten = \"127.0.0.1:0\"\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\n[[verifiers]]\ntype = \"authentication_config\"\nfile = \"authn.yaml\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tokenhook"))
+        .args(["serve", "--config"])
+        .arg(dir.join("t.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        "jwt[0].claimMappings.username.expression",
+        "jwt[0].claimMappings.extra[0].valueExpression",
+        "frobnicate",
+        iss.url.as_str(),
+    ] {
+        assert!(err.contains(want), "{want:?} not in {err}");
+    }
+}
+
+#[tokio::test]
+async fn authentication_config_reloads() {
+    let (s, iss) = setup(MAPPINGS).await;
+    let c = s.client();
+    let t = iss.sign("k1", &iss.claims(json!({"aud": "my-app"})));
+    assert_eq!(
+        c.review(&t, &[]).await.json()["status"]["user"]["username"],
+        "oidc:jane"
+    );
+    // New prefix and audience list.
+    let yaml = std::fs::read_to_string(s.path("authn.yaml"))
+        .unwrap()
+        .replace("prefix: \"oidc:\"", "prefix: \"corp:\"");
+    replace_file(&s.path("authn.yaml"), &yaml);
+    assert_eventually!(
+        10,
+        c.review(&t, &[]).await.json()["status"]["user"]["username"] == "corp:jane",
+        "reloaded mapping not applied"
+    );
+    // A broken version is refused and the good one kept.
+    replace_file(&s.path("authn.yaml"), "apiVersion: nope\n");
+    assert_eventually!(
+        10,
+        s.metric(
+            "tokenhook_reloads_total",
+            "source=\"authentication_config\",result=\"failure\""
+        )
+        .await
+            >= 1.0,
+        "broken config not reported"
+    );
+    assert_eq!(
+        c.review(&t, &[]).await.json()["status"]["user"]["username"],
+        "corp:jane"
+    );
+}
+
+#[tokio::test]
+async fn inline_toml_issuer_with_local_jwks_file() {
+    // The same settings inline in tokenhook's own config, keys from a local JWKS file.
+    let probe = TestServer::start(Opts::default()).await;
+    let iss = Issuer::start(&probe.ca).await;
+    std::fs::write(
+        probe.path("jwks.json"),
+        json!({"keys": [iss.jwk("k1")]}).to_string(),
+    )
+    .unwrap();
+    let toml = format!(
+        "[[verifiers]]\ntype = \"jwt\"\njwks_file = \"jwks.json\"\n[verifiers.issuer]\nurl = \"{url}\"\naudiences = [\"my-app\"]\n[verifiers.claimMappings.username]\nexpression = \"'ci:' + claims.sub\"\n[[verifiers.claimValidationRules]]\nexpression = \"claims.sub != 'blocked'\"\nmessage = \"blocked subject\"\n",
+        url = iss.url
+    );
+    let s = TestServer::start_in(
+        probe,
+        Opts {
+            extra_toml: toml,
+            ..Opts::default()
+        },
+    )
+    .await;
+    iss.set_down(true); // the file is the only source
+    let c = s.client();
+    let t = iss.sign("k1", &iss.claims(json!({})));
+    assert_eq!(
+        c.review(&t, &[]).await.json()["status"]["user"]["username"],
+        "ci:jane"
+    );
+    let t = iss.sign("k1", &iss.claims(json!({"sub": "blocked"})));
+    assert_eq!(
+        c.review(&t, &[]).await.json()["status"],
+        json!({"user": {}})
+    );
+}
+
+#[tokio::test]
+async fn unknown_kids_cannot_hammer_the_issuer() {
+    let (s, iss) = setup_with(MAPPINGS, "[jwt]\nmin_refresh_interval_seconds = 3600\n").await;
+    let c = s.client();
+    // Wait for the start-up fetch, then flood with tokens under kids nobody published.
+    assert_eventually!(
+        10,
+        iss.jwks_hits.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "no initial fetch"
+    );
+    let before = iss.jwks_hits.load(std::sync::atomic::Ordering::SeqCst);
+    let (a, k, _) = keypair("RS256", "bogus");
+    for i in 0..30 {
+        let kid = format!("bogus-{i}");
+        let mut h = jsonwebtoken::Header::new(a);
+        h.kid = Some(kid);
+        let t = jsonwebtoken::encode(&h, &iss.claims(json!({})), &k).unwrap();
+        assert_eq!(
+            c.review(&t, &[]).await.json()["status"],
+            json!({"user": {}})
+        );
+    }
+    let after = iss.jwks_hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        after - before <= 1,
+        "{} JWKS fetches for 30 unknown kids",
+        after - before
+    );
+}
+
+#[test]
+fn the_deploy_example_is_valid() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/apiserver/authentication-config.yaml");
+    let c = tokenhook::verify::authn_config::load(&path).unwrap();
+    assert_eq!(c.jwt.len(), 2);
+    let cel = tokenhook::verify::cel::CelEnv::new().unwrap();
+    let metrics = tokenhook::metrics::Metrics::new().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        tokenhook::verify::oidc::build_all(&c.jwt, &Default::default(), &cel, &metrics).unwrap();
+    });
+}
