@@ -54,11 +54,33 @@ pub struct VerdictCache {
 impl VerdictCache {
     /// Builds the cache described by `config`.
     pub fn new(config: CacheConfig) -> Self {
+        Self::with_eviction_counter(config, None)
+    }
+
+    /// [`VerdictCache::new`], counting evictions by cause in `evictions`
+    /// (`tokenhook_cache_evictions_total{cause}`).
+    pub fn with_eviction_counter(
+        config: CacheConfig,
+        evictions: Option<prometheus::IntCounterVec>,
+    ) -> Self {
         let inner = config.enabled.then(|| {
-            Cache::builder()
+            let builder = Cache::builder()
                 .max_capacity(config.max_entries)
-                .expire_after(PerEntry)
-                .build()
+                .expire_after(PerEntry);
+            match evictions {
+                Some(counter) => builder
+                    .eviction_listener(move |_, _, cause| {
+                        let label = match cause {
+                            moka::notification::RemovalCause::Expired => "expired",
+                            moka::notification::RemovalCause::Explicit => "explicit",
+                            moka::notification::RemovalCause::Replaced => "replaced",
+                            moka::notification::RemovalCause::Size => "size",
+                        };
+                        counter.with_label_values(&[label]).inc();
+                    })
+                    .build(),
+                None => builder.build(),
+            }
         });
         VerdictCache { inner, config }
     }
@@ -115,9 +137,16 @@ impl VerdictCache {
         }
     }
 
-    /// Approximate number of entries.
-    pub fn entry_count(&self) -> u64 {
-        self.inner.as_ref().map_or(0, |c| c.entry_count())
+    /// Number of entries, after moka's pending maintenance (expirations, evictions and their
+    /// notifications) has run, so that a scrape sees settled numbers.
+    pub async fn settled_entry_count(&self) -> u64 {
+        match &self.inner {
+            Some(c) => {
+                c.run_pending_tasks().await;
+                c.entry_count()
+            }
+            None => 0,
+        }
     }
 }
 

@@ -276,7 +276,9 @@ fn init_logging(log: &LogConfig) {
         builder
             .json()
             .flatten_event(true)
-            .with_current_span(false)
+            // The request span carries the request id into every line logged while serving it.
+            .with_current_span(true)
+            .with_span_list(false)
             .init();
     } else {
         builder.init();
@@ -301,6 +303,9 @@ fn run(
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
+        // Handlers first: a signal that arrives while starting must not kill the process
+        // with its default action (the dev banner tells scripts we are up).
+        let signals = Signals::install()?;
         let webhook_path = config.webhook_path.clone();
         let running = match Server::bind(config).await {
             Ok(r) => r,
@@ -317,7 +322,7 @@ fn run(
             }
             banner(&files, &running, &webhook_path);
         }
-        serve_until_signal(running).await?;
+        serve_until_signal(running, signals).await;
         Ok(ExitCode::SUCCESS)
     })
 }
@@ -342,16 +347,30 @@ fn banner(files: &dev::DevFiles, running: &Running, webhook_path: &str) {
     }
 }
 
-async fn serve_until_signal(running: Running) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+/// SIGTERM, SIGINT and SIGHUP streams.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing SIGHUP handler")?,
+        })
+    }
+}
+
+async fn serve_until_signal(running: Running, mut s: Signals) {
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
+            _ = s.term.recv() => break,
+            _ = s.int.recv() => break,
+            _ = s.hup.recv() => {
                 tracing::info!("SIGHUP: checking every watched file now");
                 running.reload_now();
             }
@@ -360,5 +379,4 @@ async fn serve_until_signal(running: Running) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     running.shutdown().await;
     tracing::info!("stopped");
-    Ok(())
 }

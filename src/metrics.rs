@@ -29,6 +29,8 @@ pub struct Metrics {
     pub verifier_duration: HistogramVec,
     /// `tokenhook_cache_requests_total{result}` (hit, miss).
     pub cache_requests: IntCounterVec,
+    /// `tokenhook_cache_evictions_total{cause}` (expired, size, explicit, replaced).
+    pub cache_evictions: IntCounterVec,
     /// `tokenhook_cache_entries`, refreshed at scrape time.
     pub cache_entries: IntGauge,
     /// `tokenhook_reloads_total{source,result}` (result: success, failure).
@@ -101,6 +103,11 @@ impl Metrics {
                 "Verdict cache lookups, by result (hit or miss).",
                 &["result"],
             )?,
+            cache_evictions: counter(
+                "tokenhook_cache_evictions_total",
+                "Verdicts removed from the cache, by cause.",
+                &["cause"],
+            )?,
             cache_entries: gauge("tokenhook_cache_entries", "Verdicts currently cached.")?,
             reloads: counter(
                 "tokenhook_reloads_total",
@@ -137,6 +144,18 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // Series that exist from the start (at zero), so that rates and alerts work before
+        // the first event.
+        for cause in ["expired", "size", "explicit", "replaced"] {
+            m.cache_evictions.with_label_values(&[cause]);
+        }
+        for result in ["hit", "miss"] {
+            m.cache_requests.with_label_values(&[result]);
+        }
+        // process_* (CPU, memory, file descriptors, start time) from /proc.
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(m)
     }
 

@@ -9,9 +9,11 @@ use hyper::body::Incoming;
 use crate::cache::{Cached, VerdictCache};
 use crate::k8s::Status;
 use crate::k8s::codec::{self, DecodeError, FieldValidation};
+use crate::k8s::protobuf;
 use crate::k8s::query::CreateOptions;
 use crate::k8s::token_review::{ApiVersion, TokenReview, TokenReviewStatus};
 use crate::server::body::{self, Media};
+use crate::server::caller::authenticate_user;
 use crate::server::http_error::{Body, json, status_response};
 use crate::server::{App, ConnInfo};
 use crate::verify::{Outcome, Token, VerifyError};
@@ -141,6 +143,84 @@ pub async fn handle(
     );
     body::add_warnings(&mut r, &warnings);
     r
+}
+
+/// `POST /apis/authentication.k8s.io/v1/selfsubjectreviews`: who the caller is, as
+/// `kubectl auth whoami` asks (protobuf or JSON). The caller's own credential goes through
+/// the same authentication as minting (client certificate, or a bearer token through the
+/// chain); kube adds `system:authenticated` to every authenticated user, so does this.
+pub async fn self_subject_review(
+    app: &Arc<App>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let pretty_hint = body::user_agent_wants_pretty(req.headers());
+    match whoami(app, conn, req, pretty_hint).await {
+        Ok(r) => r,
+        Err(st) => status_response(&st, pretty_hint),
+    }
+}
+
+async fn whoami(
+    app: &Arc<App>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    pretty_hint: bool,
+) -> Result<Response<Body>, Status> {
+    let mut user = authenticate_user(app, conn, req.headers()).await?;
+    let (parts, b) = req.into_parts();
+    let media = body::media_type(&parts.headers, &[Media::Json, Media::Protobuf])?;
+    let bytes = body::read(app, &parts.headers, b).await?;
+    let options = CreateOptions::parse(parts.uri.query())?;
+    let (api_version, kind) = match media {
+        Media::Protobuf => {
+            let (v, k, _) =
+                protobuf::unwrap(&bytes).map_err(|e| Status::bad_request(e.to_string()))?;
+            (v, k)
+        }
+        Media::Json => {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
+                Status::bad_request(format!(
+                    "the object provided is unrecognized (must be of type SelfSubjectReview): {e}"
+                ))
+            })?;
+            if !v.is_object() {
+                return Err(Status::bad_request(
+                    "the object provided is unrecognized (must be of type SelfSubjectReview): expected a JSON object",
+                ));
+            }
+            let s = |k: &str| {
+                v.get(k)
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            (s("apiVersion"), s("kind"))
+        }
+    };
+    if !api_version.is_empty() && api_version != "authentication.k8s.io/v1" {
+        return Err(Status::bad_request(format!(
+            "the API version in the data ({api_version}) does not match the expected API version (authentication.k8s.io/v1)"
+        )));
+    }
+    if !kind.is_empty() && kind != "SelfSubjectReview" {
+        return Err(Status::bad_request(format!(
+            "{kind} in version \"v1\" cannot be handled as a SelfSubjectReview: no kind \"{kind}\" is registered for version \"authentication.k8s.io/v1\""
+        )));
+    }
+    if !user.groups.iter().any(|g| g == "system:authenticated") {
+        user.groups.push("system:authenticated".into());
+    }
+    let out = serde_json::json!({
+        "kind": "SelfSubjectReview",
+        "apiVersion": "authentication.k8s.io/v1",
+        "metadata": {"creationTimestamp": app.clock.now().rfc3339()},
+        "status": {"userInfo": user}
+    });
+    Ok(json(
+        StatusCode::CREATED,
+        codec::encode(&out, options.pretty.unwrap_or(pretty_hint)),
+    ))
 }
 
 /// Runs the chain on a cache miss and turns its outcome into a cacheable verdict.

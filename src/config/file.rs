@@ -24,6 +24,8 @@ pub struct FileConfig {
     pub mint: MintSection,
     /// JWT/OIDC issuer key handling and time checks.
     pub jwt: JwtSection,
+    /// Where `/metrics` is served and who may scrape it.
+    pub metrics: MetricsSection,
     /// The verifier chain, in order.
     pub verifiers: Vec<VerifierConfig>,
 }
@@ -138,6 +140,18 @@ impl Default for LogSection {
             level: "info".into(),
         }
     }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSection {
+    /// A second TLS listener (same certificate) serving only `/metrics` and the health
+    /// endpoints; unset (default): `/metrics` is on `server.listen`.
+    pub listen: Option<String>,
+    /// Scrapes need no credential. Default false: the same caller authentication as
+    /// reviews (client certificate from `callers.client_ca_file`, or a `callers.tokens_file` token).
+    pub anonymous: bool,
 }
 
 /// `[jwt]`: applies to every `jwt` and `authentication_config` verifier.
@@ -348,6 +362,14 @@ level = {llvl}
         c.jwt.refresh_interval_seconds,
         c.jwt.min_refresh_interval_seconds,
         c.jwt.fetch_timeout_seconds
+    ));
+    out.push_str(&format!(
+        "\n[metrics]\n# A second TLS listener for /metrics and health only (unset: /metrics on server.listen).\n{}\n# true: scrapes need no credential; false: the [callers] rules apply.\nanonymous = {}\n",
+        match &c.metrics.listen {
+            Some(l) => format!("listen = {}", q(l)),
+            None => "# listen = \"0.0.0.0:9443\"".into(),
+        },
+        c.metrics.anonymous
     ));
     out.push_str(&render_mint(&c.mint));
     out.push_str(

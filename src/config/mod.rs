@@ -9,7 +9,9 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 
 pub use file::FileConfig;
-pub use validate::{CallerPolicy, Config, Limits, LogConfig, MintConfig, VerifierSpec};
+pub use validate::{
+    CallerPolicy, Config, Limits, LogConfig, MetricsConfig, MintConfig, VerifierSpec,
+};
 
 /// Why configuration could not be loaded. Loading binds no ports and reads no key material.
 #[derive(Debug, thiserror::Error)]

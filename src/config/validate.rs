@@ -40,6 +40,17 @@ pub struct Config {
     pub mint: Option<MintConfig>,
     /// JWT issuer settings.
     pub jwt: JwtSettings,
+    /// Metrics listener and access.
+    pub metrics: MetricsConfig,
+}
+
+/// Validated `[metrics]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// Separate listener, if any.
+    pub listen: Option<SocketAddr>,
+    /// No credential needed.
+    pub anonymous: bool,
 }
 
 /// Validated `[mint]`.
@@ -304,6 +315,18 @@ pub fn validate(f: &FileConfig, base: &Path) -> Result<Config, Vec<String>> {
         }
     }
     let mint = validate_mint(&f.mint, &rel, &mut errs);
+    let metrics_listen = match &f.metrics.listen {
+        None => None,
+        Some(l) => match l.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errs.push(format!(
+                    "metrics.listen: {l:?} is not an address:port ({e})"
+                ));
+                None
+            }
+        },
+    };
     if mint.is_none() && verifiers.contains(&VerifierSpec::ServiceAccount) {
         errs.push(
             "verifiers: type = \"service_account\" needs [mint] issuer and signing_key_file".into(),
@@ -343,6 +366,10 @@ pub fn validate(f: &FileConfig, base: &Path) -> Result<Config, Vec<String>> {
             },
             verifiers,
             mint,
+            metrics: MetricsConfig {
+                listen: metrics_listen,
+                anonymous: f.metrics.anonymous,
+            },
             jwt: JwtSettings {
                 leeway: Duration::from_secs(f.jwt.leeway_seconds),
                 refresh_interval: Duration::from_secs(f.jwt.refresh_interval_seconds.max(1)),

@@ -1,6 +1,7 @@
 //! Kubernetes wire types and their codec: what goes over HTTP, and nothing about how it is decided.
 
 pub mod codec;
+pub mod discovery;
 pub mod meta;
 pub mod protobuf;
 pub mod query;

@@ -17,12 +17,10 @@ use crate::k8s::token_request::{
 };
 use crate::k8s::token_review::GROUP;
 use crate::k8s::{Status, StatusCause, protobuf};
-use crate::review::audiences;
 use crate::server::body::{self, Media};
-use crate::server::caller::bearer;
+use crate::server::caller::authenticate_user;
 use crate::server::http_error::{Body, json, status_response};
 use crate::server::{App, ConnInfo};
-use crate::verify::{Outcome, Token};
 
 /// kube's minimum token lifetime (`MinTokenAgeSec`).
 const MIN_EXPIRATION: i64 = 600;
@@ -34,47 +32,6 @@ const DEFAULT_EXPIRATION: i64 = 3600;
 const EXTENDABLE: i64 = 3607;
 /// How long an extended token lives (`ExpirationExtensionSeconds`).
 const EXTENDED: u64 = 365 * 24 * 3600;
-
-/// Who is calling: a verified client certificate (CN, O) or a bearer token the chain accepts.
-async fn authenticate(
-    app: &App,
-    conn: &ConnInfo,
-    req: &Request<Incoming>,
-) -> Result<Caller, Status> {
-    if let Some(c) = &conn.client_cert {
-        return Ok(Caller {
-            user: c.common_name.clone(),
-            groups: c.organizations.clone(),
-        });
-    }
-    let Some(t) = bearer(req.headers()) else {
-        return Err(Status::unauthorized());
-    };
-    let token = Token::new(t.to_owned());
-    // A credential for tokenhook itself: audience-agnostic, or meant for the audiences
-    // tokens default to here (the API audiences, else the issuer).
-    let own = &app.default_audiences;
-    match app.chain.verify(&token, app.clock.now()).await {
-        Ok(d) => match d.outcome {
-            Outcome::Authenticated(id)
-                if audiences(own, own, id.audiences.as_deref()).is_some() =>
-            {
-                Ok(Caller {
-                    user: id.user.username,
-                    groups: id.user.groups,
-                })
-            }
-            _ => Err(Status::unauthorized()),
-        },
-        Err(e) => {
-            tracing::warn!(error = %e, "could not authenticate a mint caller");
-            Err(Status::service_unavailable(
-                "the caller's credential could not be checked right now; retry",
-                1,
-            ))
-        }
-    }
-}
 
 fn decode(
     media: Media,
@@ -210,7 +167,11 @@ async fn mint(
     let (Some(issuer), Some(cfg)) = (&app.issuer, &app.config.mint) else {
         return Err(Status::path_not_found());
     };
-    let caller = authenticate(app, conn, &req).await?;
+    let user = authenticate_user(app, conn, req.headers()).await?;
+    let caller = Caller {
+        user: user.username,
+        groups: user.groups,
+    };
     let (parts, body) = req.into_parts();
     let media = body::media_type(&parts.headers, &[Media::Json, Media::Protobuf])?;
     let bytes = body::read(app, &parts.headers, body).await?;

@@ -119,3 +119,47 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let token = token.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
+
+/// Who is calling, for endpoints any authenticated user may use (minting, SelfSubjectReview):
+/// a verified client certificate (user = CN, groups = O, as kube's x509 authenticator), else a
+/// bearer token that tokenhook's own chain accepts as a credential for tokenhook itself
+/// (audience-agnostic, or meant for the audiences tokens default to here).
+///
+/// # Errors
+/// 401 without an acceptable credential; 503 when the chain could not check the token.
+pub async fn authenticate_user(
+    app: &super::App,
+    conn: &super::ConnInfo,
+    headers: &HeaderMap,
+) -> Result<crate::k8s::token_review::UserInfo, Status> {
+    use crate::verify::Outcome;
+    if let Some(c) = &conn.client_cert {
+        return Ok(crate::k8s::token_review::UserInfo {
+            username: c.common_name.clone(),
+            groups: c.organizations.clone(),
+            ..Default::default()
+        });
+    }
+    let Some(t) = bearer(headers) else {
+        return Err(Status::unauthorized());
+    };
+    let token = Token::new(t.to_owned());
+    let own = &app.default_audiences;
+    match app.chain.verify(&token, app.clock.now()).await {
+        Ok(d) => match d.outcome {
+            Outcome::Authenticated(id)
+                if crate::review::audiences(own, own, id.audiences.as_deref()).is_some() =>
+            {
+                Ok(id.user)
+            }
+            _ => Err(Status::unauthorized()),
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, token = %token.digest().fingerprint(), "could not authenticate a caller");
+            Err(Status::service_unavailable(
+                "the caller's credential could not be checked right now; retry",
+                1,
+            ))
+        }
+    }
+}

@@ -129,6 +129,8 @@ pub struct App {
 
 /// Per-connection facts.
 pub struct ConnInfo {
+    /// Accepted on the metrics-only listener.
+    pub metrics_only: bool,
     /// Remote address.
     pub peer: SocketAddr,
     /// The verified client certificate, if one was presented.
@@ -142,6 +144,8 @@ pub struct Server;
 pub struct Running {
     /// The address actually bound (useful with port 0).
     pub addr: SocketAddr,
+    /// The metrics listener's address, when `[metrics] listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     /// Its metrics.
     pub metrics: Metrics,
     reload_now: Arc<Notify>,
@@ -239,7 +243,10 @@ impl Server {
         metrics.cert_expiry.set(built.not_after);
         let current = tls::Current::new(built.config);
 
-        let cache = VerdictCache::new(config.cache.clone());
+        let cache = VerdictCache::with_eviction_counter(
+            config.cache.clone(),
+            Some(metrics.cache_evictions.clone()),
+        );
         let issuer = match &config.mint {
             Some(m) => {
                 let (issuer, w) = build_issuer(m, &cache)?;
@@ -346,7 +353,21 @@ impl Server {
             addr: config.listen,
             source,
         })?;
+        let mut metrics_addr = None;
 
+        let metrics_listener = match config.metrics.listen {
+            Some(a) => {
+                let l = TcpListener::bind(a)
+                    .await
+                    .map_err(|source| BindError::Listen { addr: a, source })?;
+                metrics_addr = Some(
+                    l.local_addr()
+                        .map_err(|source| BindError::Listen { addr: a, source })?,
+                );
+                Some(l)
+            }
+            None => None,
+        };
         let app = Arc::new(App {
             chain: Chain::new(verifiers, metrics.clone()),
             callers: CallerAuth::new(config.callers.clone(), caller_tokens),
@@ -371,12 +392,18 @@ impl Server {
             stop_rx.clone(),
             metrics.clone(),
         );
+        let metrics_task =
+            metrics_listener.map(|l| tokio::spawn(serve(l, true, app.clone(), stop_rx.clone())));
         let task = tokio::spawn(async move {
-            serve(listener, app, stop_rx).await;
+            serve(listener, false, app, stop_rx).await;
+            if let Some(t) = metrics_task {
+                let _ = t.await;
+            }
             reloader.abort();
         });
         Ok(Running {
             addr,
+            metrics_addr,
             metrics,
             reload_now,
             stop,
@@ -578,7 +605,12 @@ fn tls_watch(app: &Arc<App>, cert: Vec<u8>, key: Vec<u8>, ca: Option<Vec<u8>>) -
 }
 
 /// Accepts until `stop`, then drains.
-async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<bool>) {
+async fn serve(
+    listener: TcpListener,
+    metrics_only: bool,
+    app: Arc<App>,
+    mut stop: watch::Receiver<bool>,
+) {
     let limits = app.config.limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -617,7 +649,7 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<b
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let _permit = permit;
-            connection(app, builder, watcher, tcp, peer).await;
+            connection(metrics_only, app, builder, watcher, tcp, peer).await;
         });
     }
     drop(listener);
@@ -634,6 +666,7 @@ async fn serve(listener: TcpListener, app: Arc<App>, mut stop: watch::Receiver<b
 }
 
 async fn connection(
+    metrics_only: bool,
     app: Arc<App>,
     builder: auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
@@ -661,7 +694,11 @@ async fn connection(
         .peer_certificates()
         .and_then(|c| c.first())
         .and_then(|c| ClientCert::from_der(c));
-    let conn = Arc::new(ConnInfo { peer, client_cert });
+    let conn = Arc::new(ConnInfo {
+        metrics_only,
+        peer,
+        client_cert,
+    });
     let svc = service_fn(move |req| {
         let app = app.clone();
         let conn = conn.clone();

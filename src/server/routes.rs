@@ -1,7 +1,10 @@
 //! The router: one `match` on method and path, plus the per-request metrics and health answers.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+
+use tracing::Instrument;
 
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -21,6 +24,10 @@ enum Route<'a> {
     Discovery,
     Jwks,
     Version,
+    SelfSubjectReview,
+    ApiDiscovery,
+    OpenApiIndex,
+    OpenApi(&'a str),
     Metrics,
     Health(&'static str),
     NotFound,
@@ -38,7 +45,15 @@ impl<'a> Route<'a> {
                 return Route::Mint { namespace, name };
             }
         }
+        if let Some(v) = path.strip_prefix("/openapi/v3/apis/authentication.k8s.io/") {
+            return Route::OpenApi(v);
+        }
+        if crate::k8s::discovery::is_discovery(path) {
+            return Route::ApiDiscovery;
+        }
         match path {
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews" => Route::SelfSubjectReview,
+            "/openapi/v3" => Route::OpenApiIndex,
             "/.well-known/openid-configuration" => Route::Discovery,
             "/openid/v1/jwks" => Route::Jwks,
             "/version" => Route::Version,
@@ -64,6 +79,9 @@ impl<'a> Route<'a> {
             Route::Discovery => "openid_configuration",
             Route::Jwks => "jwks",
             Route::Version => "version",
+            Route::SelfSubjectReview => "selfsubjectreviews",
+            Route::ApiDiscovery => "discovery",
+            Route::OpenApiIndex | Route::OpenApi(_) => "openapi",
             Route::Metrics => "metrics",
             Route::Health(h) => h,
             Route::NotFound => "other",
@@ -71,12 +89,48 @@ impl<'a> Route<'a> {
     }
 }
 
-/// Serves one request; never fails (every failure is a `Status` response).
+/// A process-unique request id: a random prefix (per process) and a counter, so that ids
+/// from several replicas do not collide in aggregated logs.
+fn request_id() -> String {
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut b = [0u8; 4];
+        let _ = aws_lc_rs::rand::fill(&mut b);
+        u32::from_le_bytes(b)
+    });
+    format!("{prefix:08x}-{:x}", NEXT.fetch_add(1, Ordering::Relaxed))
+}
+
+/// Serves one request; never fails (every failure is a `Status` response). Every log line
+/// written while serving it carries its request id (also sent back as `X-Request-Id`).
 pub async fn handle(app: Arc<App>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<Body> {
+    let id = request_id();
+    let span = tracing::info_span!("request", id = %id);
+    let mut r = route_request(app, conn, req).instrument(span).await;
+    if let Ok(v) = http::HeaderValue::from_str(&id) {
+        r.headers_mut().insert("x-request-id", v);
+    }
+    r
+}
+
+async fn route_request(
+    app: Arc<App>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let route = Route::of(&app, &path);
     let pretty_hint = super::body::user_agent_wants_pretty(req.headers());
+    // The metrics listener serves metrics and health only; with one configured, the main
+    // listener does not serve metrics.
+    let route = match (conn.metrics_only, route) {
+        (true, Route::Metrics | Route::Health(_)) => route,
+        (true, _) => Route::NotFound,
+        (false, Route::Metrics) if app.config.metrics.listen.is_some() => Route::NotFound,
+        (false, r) => r,
+    };
     let response = match (route, req.method()) {
         (Route::Review(v), &Method::POST) => review::handle(&app, &conn, req, v).await,
         (Route::Webhook, &Method::POST) => review::handle(&app, &conn, req, ApiVersion::V1).await,
@@ -86,7 +140,29 @@ pub async fn handle(app: Arc<App>, conn: Arc<ConnInfo>, req: Request<Incoming>) 
         (Route::Discovery, &Method::GET) => discovery(&app, false),
         (Route::Jwks, &Method::GET) => discovery(&app, true),
         (Route::Version, &Method::GET) => version(),
-        (Route::Metrics, &Method::GET) => metrics(&app, &conn, &req),
+        (Route::SelfSubjectReview, &Method::POST) => {
+            review::self_subject_review(&app, &conn, req).await
+        }
+        (Route::ApiDiscovery, &Method::GET) => {
+            match crate::k8s::discovery::document(&path, app.issuer.is_some()) {
+                Some(doc) => super::http_error::json(
+                    StatusCode::OK,
+                    crate::k8s::codec::encode(&doc, pretty_hint),
+                ),
+                None => status_response(&Status::path_not_found(), pretty_hint),
+            }
+        }
+        (Route::OpenApiIndex, &Method::GET) => super::http_error::json(
+            StatusCode::OK,
+            crate::k8s::codec::encode(&crate::k8s::discovery::openapi_index(), false),
+        ),
+        (Route::OpenApi(v), &Method::GET) => match crate::k8s::discovery::openapi(v) {
+            Some(doc) => {
+                super::http_error::json(StatusCode::OK, crate::k8s::codec::encode(&doc, false))
+            }
+            None => status_response(&Status::path_not_found(), pretty_hint),
+        },
+        (Route::Metrics, &Method::GET) => metrics(&app, &conn, &req).await,
         (Route::Health(name), &Method::GET | &Method::HEAD) => {
             health(&app, name, req.uri().query())
         }
@@ -145,16 +221,17 @@ fn version() -> Response<Body> {
     super::http_error::json(StatusCode::OK, crate::k8s::codec::encode(&v, false))
 }
 
-fn metrics(app: &App, conn: &ConnInfo, req: &Request<Incoming>) -> Response<Body> {
+async fn metrics(app: &App, conn: &ConnInfo, req: &Request<Incoming>) -> Response<Body> {
     if let Err(st) = app
         .callers
         .check(conn.client_cert.as_ref(), req.headers(), "metrics")
     {
         return status_response(&st, false);
     }
+    let entries = app.cache.settled_entry_count().await;
     app.metrics
         .cache_entries
-        .set(app.cache.entry_count() as i64);
+        .set(i64::try_from(entries).unwrap_or(i64::MAX));
     let mut r = text(StatusCode::OK, app.metrics.encode());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

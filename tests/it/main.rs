@@ -13,6 +13,7 @@ mod cli;
 mod errors;
 mod jwt;
 mod mint;
+mod operate;
 mod reload;
 mod review;
 mod transport;

@@ -461,6 +461,42 @@ pub fn review_body(api_version: &str, token: &str, audiences: &[&str]) -> serde_
     })
 }
 
+/// Installs a Debian package when `bin` is not on the PATH (the tests run as root on the
+/// project's machines), once per test process, so that `cargo test` on a fresh machine needs
+/// nothing installed by hand.
+pub fn ensure_debian_package(bin: &str, package: &str) {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let found = |b: &str| {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {b}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if found(bin) {
+        return;
+    }
+    for args in [
+        vec!["update", "-qq"],
+        vec!["install", "-y", "-qq", "--no-install-recommends", package],
+    ] {
+        let out = std::process::Command::new("apt-get")
+            .args(&args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .unwrap_or_else(|e| panic!("apt-get is needed to install {package}: {e}"));
+        assert!(
+            out.status.success(),
+            "apt-get {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert!(
+        found(bin),
+        "{package} installed but {bin} is not on the PATH"
+    );
+}
+
 /// Polls `f` until it returns true, up to `secs` seconds.
 #[macro_export]
 macro_rules! assert_eventually {

@@ -1,0 +1,453 @@
+//! Operating it: metrics (checked by promtool and scraped by a real Prometheus), health, SIGHUP, JSON logs with request ids, kubectl discovery and whoami.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+
+use crate::assert_eventually;
+use crate::support::{Client, Leaf, Opts, TestServer, ensure_debian_package, replace_file};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tokenhook");
+
+/// GET over plain HTTP (Prometheus's own API on loopback).
+async fn plain_get(addr: &str, path: &str) -> Option<Value> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let req = http::Request::get(path)
+        .header("host", addr)
+        .body(Empty::<Bytes>::new())
+        .ok()?;
+    let resp = send.send_request(req).await.ok()?;
+    let body = resp.into_body().collect().await.ok()?.to_bytes();
+    serde_json::from_slice(&body).ok()
+}
+
+fn promtool_check(exposition: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    ensure_debian_package("promtool", "prometheus");
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is required (Debian package prometheus; .ci/run installs it)");
+    child.stdin.take().unwrap().write_all(exposition).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn exposition_passes_promtool_and_never_carries_secrets() {
+    let s = TestServer::start(Opts {
+        mint: true,
+        ..Opts::default()
+    })
+    .await;
+    let c = s.client();
+    for t in ["alice-token", "alice-token", "bob-token", "no-such-token"] {
+        c.review(t, &[]).await;
+    }
+    let admin = Client::new(s.addr, &s.ca.pem, Some(&s.ca.client("tokenhook-admin")));
+    let r = admin
+        .post_json(
+            "/api/v1/namespaces/ci/serviceaccounts/builder/token",
+            &json!({"spec": {"audiences": ["vault"]}}),
+        )
+        .await;
+    let minted = r.json()["status"]["token"].as_str().unwrap().to_owned();
+    c.review(&minted, &["vault"]).await;
+    replace_file(&s.tokens_path, "alice-token,alice,1001\n");
+    assert_eventually!(
+        10,
+        s.metric(
+            "tokenhook_reloads_total",
+            "source=\"static_tokens\",result=\"success\""
+        )
+        .await
+            >= 1.0,
+        "token file reload not counted"
+    );
+
+    let r = c.get("/metrics").await;
+    assert_eq!(
+        r.headers["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let out = promtool_check(&r.body);
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = r.text();
+    for name in [
+        "tokenhook_http_requests_total",
+        "tokenhook_http_request_duration_seconds_bucket",
+        "tokenhook_reviews_total",
+        "tokenhook_verifier_duration_seconds_bucket",
+        "tokenhook_cache_requests_total",
+        "tokenhook_cache_entries",
+        "tokenhook_cache_evictions_total",
+        "tokenhook_tokens_minted_total",
+        "tokenhook_reloads_total",
+        "tokenhook_serving_certificate_expiry_timestamp_seconds",
+        "tokenhook_build_info",
+        "process_resident_memory_bytes",
+        "process_start_time_seconds",
+    ] {
+        assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing");
+    }
+    // Reloading the token file cleared the cache: evictions were counted.
+    assert!(
+        s.metric("tokenhook_cache_evictions_total", "cause=\"explicit\"")
+            .await
+            >= 1.0
+    );
+    for secret in [
+        "alice-token",
+        "bob-token",
+        "no-such-token",
+        minted.as_str(),
+        "alice",
+        "bob",
+        "tokenhook-admin",
+    ] {
+        assert!(!text.contains(secret), "{secret:?} appears in /metrics");
+    }
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_it() {
+    let s = TestServer::start(Opts {
+        client_names: Some(vec!["kube-apiserver".into(), "prometheus".into()]),
+        extra_toml: "[metrics]\nlisten = \"127.0.0.1:0\"\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    let metrics_addr = s._running.metrics_addr.unwrap();
+    // The metrics listener serves metrics (with the caller rules) and health, nothing else;
+    // the main listener no longer serves metrics.
+    let prom = s.ca.client("prometheus");
+    let mc = Client::new(metrics_addr, &s.ca.pem, Some(&prom));
+    assert_eq!(mc.get("/metrics").await.status, 200);
+    assert_eq!(mc.get("/readyz").await.status, 200);
+    assert_eq!(
+        Client::new(metrics_addr, &s.ca.pem, None)
+            .get("/metrics")
+            .await
+            .status,
+        401
+    );
+    assert_eq!(mc.review("alice-token", &[]).await.status, 404);
+    assert_eq!(s.client().get("/metrics").await.status, 404);
+
+    let dir = s.dir.path();
+    std::fs::write(dir.join("prom.crt"), &prom.cert).unwrap();
+    std::fs::write(dir.join("prom.key"), &prom.key).unwrap();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n- job_name: tokenhook\n  scheme: https\n  tls_config:\n    ca_file: {d}/ca.crt\n    cert_file: {d}/prom.crt\n    key_file: {d}/prom.key\n    server_name: localhost\n  static_configs:\n  - targets: [\"127.0.0.1:{port}\"]\n",
+            d = dir.display(),
+            port = metrics_addr.port()
+        ),
+    )
+    .unwrap();
+    ensure_debian_package("prometheus", "prometheus");
+    // Prometheus needs a port of its own; ask the kernel for a free one.
+    let web = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let mut prometheus = Command::new("prometheus")
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus is required (Debian package prometheus; .ci/run installs it)");
+    let query = |q: &'static str| {
+        let web = web.clone();
+        async move {
+            let v = plain_get(&web, &format!("/api/v1/query?query={q}")).await?;
+            v["data"]["result"][0]["value"][1]
+                .as_str()?
+                .parse::<f64>()
+                .ok()
+        }
+    };
+    let c = s.client();
+    c.review("alice-token", &[]).await;
+    assert_eventually!(
+        60,
+        query("up%7Bjob%3D%22tokenhook%22%7D").await == Some(1.0),
+        "Prometheus never scraped tokenhook (up != 1)"
+    );
+    let total = "sum(tokenhook_reviews_total)";
+    assert_eventually!(
+        30,
+        query("sum(tokenhook_reviews_total)").await.is_some(),
+        "review counter not in Prometheus"
+    );
+    let before = query("sum(tokenhook_reviews_total)").await.unwrap();
+    for _ in 0..5 {
+        c.review("bob-token", &[]).await;
+    }
+    assert_eventually!(
+        30,
+        query("sum(tokenhook_reviews_total)")
+            .await
+            .is_some_and(|v| v >= before + 5.0),
+        "{total} did not increase"
+    );
+    prometheus.kill().unwrap();
+    let _ = prometheus.wait();
+}
+
+/// Starts `tokenhook dev` with extra environment; returns the child and the base URL.
+fn start_dev_env(dir: &Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["dev", "--dir"])
+        .arg(dir)
+        .args(["--listen", "127.0.0.1:0"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let mut base = String::new();
+    for line in out.lines() {
+        let line = line.unwrap();
+        if let Some(b) = line.strip_prefix("tokenhook dev: serving on ") {
+            base = b.to_owned();
+        }
+        if line.trim_start().starts_with("curl ") {
+            break;
+        }
+    }
+    (child, base)
+}
+
+async fn stop(mut child: std::process::Child) -> String {
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    for _ in 0..200 {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    err
+}
+
+fn dev_admin(dir: &Path, base: &str) -> Client {
+    let leaf = Leaf {
+        cert: std::fs::read_to_string(dir.join("admin.crt")).unwrap(),
+        key: std::fs::read_to_string(dir.join("admin.key")).unwrap(),
+    };
+    Client::new(
+        base.trim_start_matches("https://").parse().unwrap(),
+        &std::fs::read_to_string(dir.join("ca.crt")).unwrap(),
+        Some(&leaf),
+    )
+}
+
+#[tokio::test]
+async fn sighup_reloads_and_json_logs_carry_request_ids_not_tokens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    // Polling every hour: only SIGHUP can make the new token visible in time.
+    let (child, base) = start_dev_env(
+        &dir,
+        &[
+            ("TOKENHOOK_SERVER__RELOAD_INTERVAL_MS", "3600000"),
+            ("TOKENHOOK_LOG__FORMAT", "json"),
+        ],
+    );
+    let c = dev_admin(&dir, &base);
+    let tokens = std::fs::read_to_string(dir.join("tokens.csv")).unwrap();
+    let alice = tokens
+        .lines()
+        .find(|l| l.contains(",alice,"))
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    let r = c.review(&alice, &[]).await;
+    let request_id = r.headers["x-request-id"].to_str().unwrap().to_owned();
+    std::fs::write(
+        dir.join("tokens.csv"),
+        format!("{tokens}sighup-token-value,zed,9\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        c.review("sighup-token-value", &[]).await.json()["status"],
+        json!({"user": {}})
+    );
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert_eventually!(
+        10,
+        c.review("sighup-token-value", &[]).await.json()["status"]["user"]["username"] == "zed",
+        "SIGHUP did not reload the token file"
+    );
+    let logs = stop(child).await;
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(!lines.is_empty(), "no JSON log lines: {logs}");
+    let review = lines
+        .iter()
+        .find(|l| l["message"] == "review" && l["span"]["id"] == request_id.as_str())
+        .unwrap_or_else(|| panic!("no review line with request id {request_id}: {logs}"));
+    assert_eq!(review["verifier"], "static");
+    assert_eq!(review["outcome"], "authenticated");
+    assert_eq!(
+        review["token"].as_str().unwrap().len(),
+        16,
+        "fingerprint, not the token"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "reloaded" && l["source"] == "static_tokens")
+    );
+    for secret in [alice.as_str(), "sighup-token-value"] {
+        assert!(!logs.contains(secret), "a token appears in the logs");
+    }
+}
+
+#[tokio::test]
+async fn kubectl_whoami_discovery_and_readyz() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let (child, base) = start_dev_env(&dir, &[]);
+    let kubectl = |args: &[&str]| {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(dir.join("admin-kubeconfig.yaml"))
+            .args(args)
+            .output()
+            .expect("kubectl is required for the tests (it is installed on these machines)")
+    };
+    let out = kubectl(&["auth", "whoami", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["kind"], "SelfSubjectReview");
+    assert_eq!(v["status"]["userInfo"]["username"], "tokenhook-admin");
+    assert_eq!(
+        v["status"]["userInfo"]["groups"],
+        json!(["system:masters", "system:authenticated"])
+    );
+
+    // A bearer token goes through the chain: user, groups and extra.
+    let tokens = std::fs::read_to_string(dir.join("tokens.csv")).unwrap();
+    let alice = tokens
+        .lines()
+        .find(|l| l.contains(",alice,"))
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_owned();
+    let out = Command::new("kubectl")
+        .args(["--server", &base, "--certificate-authority"])
+        .arg(dir.join("ca.crt"))
+        .args(["--token", &alice, "auth", "whoami"])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(table.contains("alice"), "{table}");
+    assert!(
+        table.contains("[developers viewers system:authenticated]"),
+        "{table}"
+    );
+    assert!(table.contains("example.com/team"), "{table}");
+    let out = Command::new("kubectl")
+        .args(["--server", &base, "--certificate-authority"])
+        .arg(dir.join("ca.crt"))
+        .args(["--token", "wrong", "auth", "whoami"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    let out = kubectl(&["get", "--raw", "/readyz?verbose"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains("[+]ping ok") && text.ends_with("readyz check passed\n"),
+        "{text}"
+    );
+
+    let out = kubectl(&[
+        "api-resources",
+        "--api-group",
+        "authentication.k8s.io",
+        "-o",
+        "name",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let names = String::from_utf8_lossy(&out.stdout);
+    let mut names: Vec<&str> = names.lines().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "selfsubjectreviews.authentication.k8s.io",
+            "tokenreviews.authentication.k8s.io"
+        ]
+    );
+    let out = kubectl(&["version", "-o", "json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["serverVersion"]["major"], "1");
+    stop(child).await;
+}
