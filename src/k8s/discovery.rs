@@ -81,12 +81,7 @@ pub fn document(path: &str, mint: bool) -> Option<Value> {
             }
             g
         }
-        "/apis/authentication.k8s.io/v1" => resource_list(
-            "authentication.k8s.io/v1",
-            AUTHN_V1,
-            "authentication.k8s.io",
-            "v1",
-        ),
+        "/apis/authentication.k8s.io/v1" => resource_list("authentication.k8s.io/v1", AUTHN_V1),
         "/apis/authentication.k8s.io/v1beta1" => {
             resource_list("authentication.k8s.io/v1beta1", AUTHN_V1BETA1)
         }
