@@ -3,6 +3,7 @@
 pub mod codec;
 pub mod discovery;
 pub mod meta;
+pub mod openapi_v2;
 pub mod protobuf;
 pub mod query;
 pub mod status;

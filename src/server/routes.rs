@@ -28,6 +28,7 @@ enum Route<'a> {
     ApiDiscovery,
     OpenApiIndex,
     OpenApi(&'a str),
+    OpenApiV2,
     Metrics,
     Health(&'static str),
     NotFound,
@@ -54,6 +55,7 @@ impl<'a> Route<'a> {
         match path {
             "/apis/authentication.k8s.io/v1/selfsubjectreviews" => Route::SelfSubjectReview,
             "/openapi/v3" => Route::OpenApiIndex,
+            "/openapi/v2" => Route::OpenApiV2,
             "/.well-known/openid-configuration" => Route::Discovery,
             "/openid/v1/jwks" => Route::Jwks,
             "/version" => Route::Version,
@@ -81,7 +83,7 @@ impl<'a> Route<'a> {
             Route::Version => "version",
             Route::SelfSubjectReview => "selfsubjectreviews",
             Route::ApiDiscovery => "discovery",
-            Route::OpenApiIndex | Route::OpenApi(_) => "openapi",
+            Route::OpenApiIndex | Route::OpenApi(_) | Route::OpenApiV2 => "openapi",
             Route::Metrics => "metrics",
             Route::Health(h) => h,
             Route::NotFound => "other",
@@ -152,6 +154,7 @@ async fn route_request(
                 None => status_response(&Status::path_not_found(), pretty_hint),
             }
         }
+        (Route::OpenApiV2, &Method::GET) => openapi_v2(req.headers()),
         (Route::OpenApiIndex, &Method::GET) => super::http_error::json(
             StatusCode::OK,
             crate::k8s::codec::encode(&crate::k8s::discovery::openapi_index(), false),
@@ -203,6 +206,30 @@ fn discovery(app: &App, jwks: bool) -> Response<Body> {
         http::HeaderValue::from_static("public, max-age=3600"),
     );
     r
+}
+
+/// `GET /openapi/v2`: protobuf when the client accepts it (kubectl only does), else JSON.
+fn openapi_v2(headers: &http::HeaderMap) -> Response<Body> {
+    use crate::k8s::openapi_v2;
+    let wants_pb = headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains(openapi_v2::PROTOBUF));
+    if wants_pb {
+        let mut r = text(StatusCode::OK, openapi_v2::protobuf());
+        // As kube-openapi answers it: the requested type is not a valid Content-Type for
+        // Go's mime parser ('@').
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/octet-stream"),
+        );
+        r
+    } else {
+        super::http_error::json(
+            StatusCode::OK,
+            crate::k8s::codec::encode(&openapi_v2::json(), false),
+        )
+    }
 }
 
 /// `GET /version`, shaped like kube's `version.Info` so clients that ask can parse it.

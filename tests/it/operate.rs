@@ -446,6 +446,35 @@ async fn kubectl_whoami_discovery_and_readyz() {
             "tokenreviews.authentication.k8s.io"
         ]
     );
+    // kubectl create -f validates against the served OpenAPI (v2, as for kube-apiserver's
+    // TokenReview, which has no PATCH for server-side validation), then creates.
+    std::fs::write(
+        dir.join("review.yaml"),
+        format!(
+            "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec:\n  token: {alice}\n"
+        ),
+    )
+    .unwrap();
+    let review = dir.join("review.yaml").display().to_string();
+    let out = kubectl(&["create", "-f", &review, "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"]["user"]["username"], "alice");
+    std::fs::write(
+        dir.join("typo.yaml"),
+        "apiVersion: authentication.k8s.io/v1\nkind: TokenReview\nspec:\n  tokn: x\n",
+    )
+    .unwrap();
+    let typo = dir.join("typo.yaml").display().to_string();
+    let out = kubectl(&["create", "-f", &typo]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field \"tokn\""), "{err}");
+
     let out = kubectl(&["version", "-o", "json"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["serverVersion"]["major"], "1");
