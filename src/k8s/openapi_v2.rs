@@ -208,7 +208,9 @@ fn definitions() -> serde_json::Map<String, Value> {
     let mut defs = serde_json::Map::new();
     for v in ["v1", "v1beta1"] {
         if let Some(doc) = super::discovery::openapi(v)
-            && let Some(schemas) = doc["components"]["schemas"].as_object()
+            && let Some(schemas) = doc
+                .pointer("/components/schemas")
+                .and_then(Value::as_object)
         {
             for (name, s) in schemas {
                 defs.insert(name.clone(), to_v2_json(s));
