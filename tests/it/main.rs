@@ -10,6 +10,7 @@
 mod support;
 
 mod cli;
+mod deploy;
 mod errors;
 mod jwt;
 mod mint;
