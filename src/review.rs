@@ -336,18 +336,13 @@ fn decode(
             av = version.as_str(),
         )));
     }
-    let warnings = match validation {
-        FieldValidation::Ignore => Vec::new(),
-        FieldValidation::Warn => decoded.problems,
-        FieldValidation::Strict if decoded.problems.is_empty() => Vec::new(),
-        FieldValidation::Strict => {
-            return Err(Status::bad_request(format!(
-                "TokenReview in version \"{}\" cannot be handled as a TokenReview: strict decoding error: {}",
-                version.version(),
-                decoded.problems.join(", ")
-            )));
-        }
-    };
+    let warnings =
+        codec::apply_field_validation(validation, decoded.problems).map_err(|strict| {
+            Status::bad_request(format!(
+                "TokenReview in version \"{}\" cannot be handled as a TokenReview: {strict}",
+                version.version()
+            ))
+        })?;
     Ok((review, version, warnings))
 }
 

@@ -219,6 +219,23 @@ impl<'de> Visitor<'de> for Scan<'_> {
     }
 }
 
+/// Applies `fieldValidation` to what decoding found: the warnings to send (Warn), none
+/// (Ignore), or for Strict with problems the `strict decoding error: …` text to put in a 400.
+///
+/// # Errors
+/// Strict with problems.
+pub fn apply_field_validation(
+    validation: FieldValidation,
+    problems: Vec<String>,
+) -> Result<Vec<String>, String> {
+    match validation {
+        FieldValidation::Ignore => Ok(Vec::new()),
+        FieldValidation::Warn => Ok(problems),
+        FieldValidation::Strict if problems.is_empty() => Ok(Vec::new()),
+        FieldValidation::Strict => Err(format!("strict decoding error: {}", problems.join(", "))),
+    }
+}
+
 /// `deserialize_with` for fields where JSON `null` means "empty", as in Go.
 pub fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
 where

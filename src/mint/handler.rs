@@ -71,17 +71,7 @@ fn decode(
             k = tr.kind
         )));
     }
-    let warnings = match validation {
-        FieldValidation::Ignore => Vec::new(),
-        FieldValidation::Warn => problems,
-        FieldValidation::Strict if problems.is_empty() => Vec::new(),
-        FieldValidation::Strict => {
-            return Err(cannot(format!(
-                "strict decoding error: {}",
-                problems.join(", ")
-            )));
-        }
-    };
+    let warnings = codec::apply_field_validation(validation, problems).map_err(cannot)?;
     Ok((tr, warnings))
 }
 

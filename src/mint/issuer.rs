@@ -74,12 +74,6 @@ struct Header {
     crit: Option<Value>,
 }
 
-#[derive(Deserialize)]
-struct IssOnly {
-    #[serde(default)]
-    iss: Option<Value>,
-}
-
 fn reject(reason: RejectReason, detail: impl Into<String>) -> Outcome {
     Outcome::Rejected(Rejection {
         reason,
@@ -158,21 +152,13 @@ impl Issuer {
     /// Anything that is not a compact JWS carrying our `iss` is `NotMine` (the payload is
     /// peeked at unverified only to route it); from then on every failure is a rejection.
     pub fn verify(&self, token: &str, now: UnixTime) -> Outcome {
-        let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(_), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let Some(parts) = crate::verify::split_jwt(token) else {
             return Outcome::NotMine;
         };
-        let Some(payload) = URL_SAFE_NO_PAD.decode(p).ok() else {
+        if parts.iss.as_deref() != Some(self.config.issuer.as_str()) {
             return Outcome::NotMine;
-        };
-        match serde_json::from_slice::<IssOnly>(&payload) {
-            Ok(IssOnly {
-                iss: Some(Value::String(iss)),
-            }) if iss == self.config.issuer => {}
-            _ => return Outcome::NotMine,
         }
+        let (h, payload) = (parts.header_b64, parts.payload);
         let header: Header = match URL_SAFE_NO_PAD
             .decode(h)
             .ok()

@@ -75,6 +75,46 @@ impl fmt::Debug for Token {
     }
 }
 
+/// A compact JWS split for routing: the header (still base64url), the decoded payload, and
+/// the payload's `iss` when it is a string. Nothing here is verified.
+pub struct JwtParts<'a> {
+    /// Header segment, base64url.
+    pub header_b64: &'a str,
+    /// Payload, decoded.
+    pub payload: Vec<u8>,
+    /// Unverified `iss`.
+    pub iss: Option<String>,
+}
+
+/// Splits `token` if it has the shape of a compact JWS with a base64url JSON payload;
+/// anything else (opaque tokens, JWE's five parts) is `None`.
+pub fn split_jwt(token: &str) -> Option<JwtParts<'_>> {
+    use base64::Engine;
+    #[derive(serde::Deserialize)]
+    struct IssOnly {
+        #[serde(default)]
+        iss: Option<serde_json::Value>,
+    }
+    let mut parts = token.split('.');
+    let (Some(h), Some(p), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return None;
+    };
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(p)
+        .ok()?;
+    let iss = match serde_json::from_slice::<IssOnly>(&payload).ok()?.iss {
+        Some(serde_json::Value::String(s)) => Some(s),
+        _ => None,
+    };
+    Some(JwtParts {
+        header_b64: h,
+        payload,
+        iss,
+    })
+}
+
 /// Who a token belongs to, and for what.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {

@@ -84,6 +84,24 @@ pub struct JwtIssuer {
     leeway: u64,
 }
 
+/// Evaluates a validation rule (`what` names it in the log): true passes; false, a
+/// non-bool or an evaluation error fails with the reason.
+fn check_rule(
+    expr: &Expr,
+    cel: &CelEnv,
+    vars: &[(&str, &Value)],
+    what: &str,
+    message: &str,
+) -> Result<(), String> {
+    let why = match expr.eval(cel, vars) {
+        Ok(Value::Bool(true)) => return Ok(()),
+        Ok(Value::Bool(false)) => message.to_owned(),
+        Ok(other) => format!("returned {other}, not a bool"),
+        Err(e) => e,
+    };
+    Err(format!("{what} \"{}\" failed: {why}", expr.source))
+}
+
 fn reject(reason: RejectReason, detail: impl Into<String>) -> Outcome {
     Outcome::Rejected(Rejection {
         reason,
@@ -388,31 +406,13 @@ impl JwtIssuer {
                         );
                     }
                 }
-                ClaimRule::Expr { expr, message } => match expr.eval(cel, &[("claims", &claims_v)])
-                {
-                    Ok(Value::Bool(true)) => {}
-                    Ok(Value::Bool(false)) => {
-                        return reject(
-                            RejectReason::ClaimRule,
-                            format!("claim rule \"{}\" failed: {message}", expr.source),
-                        );
+                ClaimRule::Expr { expr, message } => {
+                    if let Err(o) =
+                        check_rule(expr, cel, &[("claims", &claims_v)], "claim rule", message)
+                    {
+                        return reject(RejectReason::ClaimRule, o);
                     }
-                    Ok(other) => {
-                        return reject(
-                            RejectReason::ClaimRule,
-                            format!(
-                                "claim rule \"{}\" returned {other}, not a bool",
-                                expr.source
-                            ),
-                        );
-                    }
-                    Err(e) => {
-                        return reject(
-                            RejectReason::ClaimRule,
-                            format!("claim rule \"{}\" failed: {e}", expr.source),
-                        );
-                    }
-                },
+                }
             }
         }
         if self.username_from_email
@@ -500,20 +500,8 @@ impl JwtIssuer {
         if !self.user_rules.is_empty() {
             let user_v = json!({"username": user.username, "uid": user.uid, "groups": user.groups, "extra": user.extra});
             for (expr, message) in &self.user_rules {
-                match expr.eval(cel, &[("user", &user_v)]) {
-                    Ok(Value::Bool(true)) => {}
-                    Ok(_) => {
-                        return reject(
-                            RejectReason::ClaimRule,
-                            format!("user rule \"{}\" failed: {message}", expr.source),
-                        );
-                    }
-                    Err(e) => {
-                        return reject(
-                            RejectReason::ClaimRule,
-                            format!("user rule \"{}\" failed: {e}", expr.source),
-                        );
-                    }
+                if let Err(o) = check_rule(expr, cel, &[("user", &user_v)], "user rule", message) {
+                    return reject(RejectReason::ClaimRule, o);
                 }
             }
         }
@@ -597,12 +585,6 @@ struct Header {
     jwk: Option<Value>,
 }
 
-#[derive(Deserialize)]
-struct IssOnly {
-    #[serde(default)]
-    iss: Option<Value>,
-}
-
 /// The verifier: issuers by URL, swapped whole when their configuration reloads.
 #[derive(Clone)]
 pub struct Jwt {
@@ -658,25 +640,18 @@ fn index(issuers: Vec<JwtIssuer>) -> HashMap<String, Arc<JwtIssuer>> {
 impl Verifier for Jwt {
     async fn verify(&self, token: &Token, now: UnixTime) -> Result<Outcome, VerifyError> {
         let t = token.expose();
-        let mut parts = t.split('.');
-        let (Some(h), Some(p), Some(_), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Ok(Outcome::NotMine);
-        };
-        let Some(payload) = URL_SAFE_NO_PAD.decode(p).ok() else {
+        let Some(parts) = super::split_jwt(t) else {
             return Ok(Outcome::NotMine);
         };
         // Routed by the unverified iss: one lookup, not a trial of every issuer.
-        let issuer = match serde_json::from_slice::<IssOnly>(&payload) {
-            Ok(IssOnly {
-                iss: Some(Value::String(iss)),
-            }) => self.issuers.load().get(&iss).cloned(),
-            _ => None,
-        };
-        let Some(issuer) = issuer else {
+        let Some(issuer) = parts
+            .iss
+            .as_ref()
+            .and_then(|i| self.issuers.load().get(i).cloned())
+        else {
             return Ok(Outcome::NotMine);
         };
+        let (h, payload) = (parts.header_b64, parts.payload);
         let header: Header = match URL_SAFE_NO_PAD
             .decode(h)
             .ok()

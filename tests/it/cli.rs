@@ -1,63 +1,14 @@
 //! The `tokenhook` binary: dev mode, bad config, SIGTERM with a request in flight, hash-token, kubeconfig.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::support::dev::{BIN, admin_client, kubectl, signal, start, token_of, wait_exit};
 use crate::support::{Client, Leaf};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tokenhook");
-
-/// Starts `tokenhook dev` in `dir` on a free port; returns the child, the https base and
-/// the stdout lines up to the banner's end.
-fn start_dev(dir: &Path) -> (Child, String, Vec<String>) {
-    let mut child = Command::new(BIN)
-        .args(["dev", "--dir"])
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = Vec::new();
-    let mut base = String::new();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    for line in out.lines() {
-        let line = line.unwrap();
-        if let Some(b) = line.strip_prefix("tokenhook dev: serving on ") {
-            base = b.to_owned();
-        }
-        let done = line.trim_start().starts_with("curl ");
-        lines.push(line);
-        if done {
-            break;
-        }
-    }
-    assert!(!base.is_empty(), "no banner: {lines:?}");
-    (child, base, lines)
-}
-
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(ok.success());
-}
-
-async fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    for _ in 0..200 {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    child.kill().unwrap();
-    panic!("tokenhook did not exit");
-}
 
 fn kubectl_view(path: &Path) -> serde_json::Value {
     let out = Command::new("kubectl")
@@ -71,19 +22,6 @@ fn kubectl_view(path: &Path) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn admin_client(dir: &Path, base: &str) -> Client {
-    let addr = base.trim_start_matches("https://").parse().unwrap();
-    let leaf = Leaf {
-        cert: std::fs::read_to_string(dir.join("admin.crt")).unwrap(),
-        key: std::fs::read_to_string(dir.join("admin.key")).unwrap(),
-    };
-    Client::new(
-        addr,
-        &std::fs::read_to_string(dir.join("ca.crt")).unwrap(),
-        Some(&leaf),
-    )
 }
 
 const FILES: &[&str] = &[
@@ -107,7 +45,7 @@ async fn dev_mode_generates_everything_then_reuses_it() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
-    let (mut child, base, lines) = start_dev(&dir);
+    let (mut child, base, lines) = start(&dir, &[]);
     for f in FILES {
         assert!(dir.join(f).exists(), "{f} missing");
     }
@@ -134,15 +72,7 @@ async fn dev_mode_generates_everything_then_reuses_it() {
     )));
 
     // The demo token from tokens.csv authenticates through the admin certificate.
-    let tokens = std::fs::read_to_string(dir.join("tokens.csv")).unwrap();
-    let alice = tokens
-        .lines()
-        .find(|l| l.contains(",alice,"))
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .to_owned();
+    let alice = token_of(&dir, "alice");
     assert!(curl.contains(&alice));
     let v = admin_client(&dir, &base).review(&alice, &[]).await.json();
     assert_eq!(v["status"]["user"]["username"], "alice");
@@ -185,7 +115,7 @@ async fn dev_mode_generates_everything_then_reuses_it() {
     assert_eq!(r.json()["apiVersion"], "authentication.k8s.io/v1beta1");
     assert_eq!(r.json()["status"]["authenticated"], true);
 
-    sigterm(&child);
+    signal(&child, "-TERM");
     assert!(wait_exit(&mut child).await.success());
 
     // Second start: nothing is regenerated.
@@ -193,7 +123,7 @@ async fn dev_mode_generates_everything_then_reuses_it() {
         .iter()
         .map(|f| std::fs::read(dir.join(f)).unwrap())
         .collect();
-    let (mut child, _, lines) = start_dev(&dir);
+    let (mut child, _, lines) = start(&dir, &[]);
     assert!(
         !lines.iter().any(|l| l.starts_with("created ")),
         "{lines:?}"
@@ -203,7 +133,7 @@ async fn dev_mode_generates_everything_then_reuses_it() {
         .map(|f| std::fs::read(dir.join(f)).unwrap())
         .collect();
     assert_eq!(before, after);
-    sigterm(&child);
+    signal(&child, "-TERM");
     assert!(wait_exit(&mut child).await.success());
 }
 
@@ -211,17 +141,9 @@ async fn dev_mode_generates_everything_then_reuses_it() {
 async fn sigterm_finishes_the_request_in_flight() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
-    let (mut child, base, _) = start_dev(&dir);
+    let (mut child, base, _) = start(&dir, &[]);
     let c = admin_client(&dir, &base);
-    let tokens = std::fs::read_to_string(dir.join("tokens.csv")).unwrap();
-    let bob = tokens
-        .lines()
-        .find(|l| l.contains(",bob,"))
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .to_owned();
+    let bob = token_of(&dir, "bob");
     let body = format!(r#"{{"apiVersion":"authentication.k8s.io/v1","spec":{{"token":"{bob}"}}}}"#);
     let (head, tail) = body.split_at(body.len() / 2);
 
@@ -237,7 +159,7 @@ async fn sigterm_finishes_the_request_in_flight() {
     .unwrap();
     tls.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    sigterm(&child);
+    signal(&child, "-TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Still draining: new connections are refused, ours completes.
     tls.write_all(tail.as_bytes()).await.unwrap();
@@ -369,20 +291,11 @@ fn kubeconfig_command_renders_a_valid_webhook_kubeconfig() {
     }
 }
 
-fn kubectl(dir: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(dir.join("admin-kubeconfig.yaml"))
-        .args(args)
-        .output()
-        .expect("kubectl is required for the tests (it is installed on these machines)")
-}
-
 #[tokio::test]
 async fn kubectl_create_token_against_dev_mode() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
-    let (mut child, base, _) = start_dev(&dir);
+    let (mut child, base, _) = start(&dir, &[]);
     let admin = admin_client(&dir, &base);
 
     let out = kubectl(&dir, &["create", "token", "default"]);
@@ -485,7 +398,7 @@ async fn kubectl_create_token_against_dev_mode() {
         String::from_utf8_lossy(&out.stderr)
             .contains("requested expiration of 172800 seconds shortened to 86400 seconds")
     );
-    sigterm(&child);
+    signal(&child, "-TERM");
     assert!(wait_exit(&mut child).await.success());
 }
 

@@ -1,9 +1,6 @@
 //! Operating it: metrics (checked by promtool and scraped by a real Prometheus), health, SIGHUP, JSON logs with request ids, kubectl discovery and whoami.
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -11,9 +8,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use crate::assert_eventually;
-use crate::support::{Client, Leaf, Opts, TestServer, ensure_debian_package, replace_file};
-
-const BIN: &str = env!("CARGO_BIN_EXE_tokenhook");
+use crate::support::dev::{admin_client, signal, start, stop, token_of};
+use crate::support::{Client, Opts, TestServer, ensure_debian_package, replace_file};
 
 /// GET over plain HTTP (Prometheus's own API on loopback).
 async fn plain_get(addr: &str, path: &str) -> Option<Value> {
@@ -222,90 +218,21 @@ async fn a_real_prometheus_scrapes_it() {
     let _ = prometheus.wait();
 }
 
-/// Starts `tokenhook dev` with extra environment; returns the child and the base URL.
-fn start_dev_env(dir: &Path, env: &[(&str, &str)]) -> (std::process::Child, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["dev", "--dir"])
-        .arg(dir)
-        .args(["--listen", "127.0.0.1:0"]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let out = BufReader::new(child.stdout.take().unwrap());
-    let mut base = String::new();
-    for line in out.lines() {
-        let line = line.unwrap();
-        if let Some(b) = line.strip_prefix("tokenhook dev: serving on ") {
-            base = b.to_owned();
-        }
-        if line.trim_start().starts_with("curl ") {
-            break;
-        }
-    }
-    (child, base)
-}
-
-async fn stop(mut child: std::process::Child) -> String {
-    Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    for _ in 0..200 {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    err
-}
-
-fn dev_admin(dir: &Path, base: &str) -> Client {
-    let leaf = Leaf {
-        cert: std::fs::read_to_string(dir.join("admin.crt")).unwrap(),
-        key: std::fs::read_to_string(dir.join("admin.key")).unwrap(),
-    };
-    Client::new(
-        base.trim_start_matches("https://").parse().unwrap(),
-        &std::fs::read_to_string(dir.join("ca.crt")).unwrap(),
-        Some(&leaf),
-    )
-}
-
 #[tokio::test]
 async fn sighup_reloads_and_json_logs_carry_request_ids_not_tokens() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
     // Polling every hour: only SIGHUP can make the new token visible in time.
-    let (child, base) = start_dev_env(
+    let (child, base, _) = start(
         &dir,
         &[
             ("TOKENHOOK_SERVER__RELOAD_INTERVAL_MS", "3600000"),
             ("TOKENHOOK_LOG__FORMAT", "json"),
         ],
     );
-    let c = dev_admin(&dir, &base);
+    let c = admin_client(&dir, &base);
     let tokens = std::fs::read_to_string(dir.join("tokens.csv")).unwrap();
-    let alice = tokens
-        .lines()
-        .find(|l| l.contains(",alice,"))
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .to_owned();
+    let alice = token_of(&dir, "alice");
     let r = c.review(&alice, &[]).await;
     let request_id = r.headers["x-request-id"].to_str().unwrap().to_owned();
     std::fs::write(
@@ -317,16 +244,13 @@ async fn sighup_reloads_and_json_logs_carry_request_ids_not_tokens() {
         c.review("sighup-token-value", &[]).await.json()["status"],
         json!({"user": {}})
     );
-    Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
+    signal(&child, "-HUP");
     assert_eventually!(
         10,
         c.review("sighup-token-value", &[]).await.json()["status"]["user"]["username"] == "zed",
         "SIGHUP did not reload the token file"
     );
-    let logs = stop(child).await;
+    let (_, logs) = stop(&dir, child).await;
     let lines: Vec<Value> = logs
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -357,7 +281,7 @@ async fn sighup_reloads_and_json_logs_carry_request_ids_not_tokens() {
 async fn kubectl_whoami_discovery_and_readyz() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
-    let (child, base) = start_dev_env(&dir, &[]);
+    let (child, base, _) = start(&dir, &[]);
     let kubectl = |args: &[&str]| {
         Command::new("kubectl")
             .arg("--kubeconfig")
@@ -381,15 +305,7 @@ async fn kubectl_whoami_discovery_and_readyz() {
     );
 
     // A bearer token goes through the chain: user, groups and extra.
-    let tokens = std::fs::read_to_string(dir.join("tokens.csv")).unwrap();
-    let alice = tokens
-        .lines()
-        .find(|l| l.contains(",alice,"))
-        .unwrap()
-        .split(',')
-        .next()
-        .unwrap()
-        .to_owned();
+    let alice = token_of(&dir, "alice");
     let out = Command::new("kubectl")
         .args(["--server", &base, "--certificate-authority"])
         .arg(dir.join("ca.crt"))
@@ -478,5 +394,5 @@ async fn kubectl_whoami_discovery_and_readyz() {
     let out = kubectl(&["version", "-o", "json"]);
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["serverVersion"]["major"], "1");
-    stop(child).await;
+    stop(&dir, child).await;
 }

@@ -1,5 +1,6 @@
 //! Test harness: a throwaway PKI, the real server bound on 127.0.0.1:0 from a real config file, and a real TLS HTTP client.
 
+pub mod dev;
 pub mod issuer;
 
 use std::net::SocketAddr;
