@@ -4,10 +4,9 @@
 //! miss changes: this reads the files by path and compares content digests instead.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
@@ -67,12 +66,12 @@ impl Watched {
     }
 }
 
-/// Spawns the poller: checks every `interval`, at once when `now` is notified (SIGHUP), and
+/// Spawns the poller: checks every `interval`, at once when `now` changes (SIGHUP), and
 /// stops when `stop` turns true.
 pub fn spawn(
     mut sources: Vec<Watched>,
     interval: Duration,
-    now: Arc<Notify>,
+    mut now: watch::Receiver<u64>,
     mut stop: watch::Receiver<bool>,
     metrics: Metrics,
 ) -> JoinHandle<()> {
@@ -83,7 +82,7 @@ pub fn spawn(
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
-                _ = now.notified() => {}
+                _ = now.changed() => {}
                 _ = stop.changed() => return,
             }
             for s in &mut sources {

@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, Semaphore, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
@@ -148,7 +148,7 @@ pub struct Running {
     pub metrics_addr: Option<SocketAddr>,
     /// Its metrics.
     pub metrics: Metrics,
-    reload_now: Arc<Notify>,
+    reload_now: watch::Sender<u64>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
@@ -156,7 +156,7 @@ pub struct Running {
 impl Running {
     /// Checks every watched file now (what SIGHUP does).
     pub fn reload_now(&self) {
-        self.reload_now.notify_one();
+        self.reload_now.send_modify(|generation| *generation += 1);
     }
 
     /// Stops accepting, lets in-flight requests finish (within the grace period), and returns
@@ -256,6 +256,8 @@ impl Server {
             None => None,
         };
         let (stop, stop_rx) = watch::channel(false);
+        // SIGHUP: every file-backed source, the watched files and local JWKS files alike.
+        let (reload_now, reload_rx) = watch::channel(0u64);
         let cel = Arc::new(CelEnv::new().map_err(|e| BindError::Jwt(vec![e]))?);
         let mut verifiers = Vec::new();
         for (i, spec) in config.verifiers.iter().enumerate() {
@@ -287,7 +289,7 @@ impl Server {
                         &metrics,
                     )
                     .map_err(BindError::Jwt)?;
-                    start_keys(&issuer.keys, &config, &settings, &stop_rx).await?;
+                    start_keys(&issuer.keys, &config, &settings, &stop_rx, &reload_rx).await?;
                     verifiers.push(AnyVerifier::Jwt(Jwt::new(vec![issuer], cel.clone(), "jwt")));
                 }
                 VerifierSpec::AuthenticationConfig { file } => {
@@ -297,10 +299,11 @@ impl Server {
                     let issuers =
                         build_all(&conf.jwt, &settings, &cel, &metrics).map_err(BindError::Jwt)?;
                     for i in &issuers {
-                        start_keys(&i.keys, &config, &settings, &stop_rx).await?;
+                        start_keys(&i.keys, &config, &settings, &stop_rx, &reload_rx).await?;
                     }
                     let jwt = Jwt::new(issuers, cel.clone(), "jwt");
                     watched.push(watch_authn_config(
+                        reload_rx.clone(),
                         file.clone(),
                         &bytes,
                         jwt.clone(),
@@ -384,11 +387,10 @@ impl Server {
         });
         watched.push(tls_watch(&app, cert, key, ca));
 
-        let reload_now = Arc::new(Notify::new());
         let reloader = reload::spawn(
             watched,
             app.config.reload_interval,
-            reload_now.clone(),
+            reload_rx,
             stop_rx.clone(),
             metrics.clone(),
         );
@@ -420,6 +422,7 @@ async fn start_keys(
     config: &Config,
     settings: &JwtSettings,
     stop: &watch::Receiver<bool>,
+    reload: &watch::Receiver<u64>,
 ) -> Result<(), BindError> {
     match keys.source() {
         KeySource::Inline(_) => {
@@ -427,10 +430,16 @@ async fn start_keys(
         }
         KeySource::File(_) => {
             keys.refresh().await?;
-            spawn_refresh(keys, config.reload_interval, stop.clone());
+            spawn_refresh(
+                keys,
+                config.reload_interval,
+                stop.clone(),
+                Some(reload.clone()),
+                true,
+            );
         }
         KeySource::Url(_) | KeySource::Discovery { .. } => {
-            spawn_refresh(keys, settings.refresh_interval, stop.clone());
+            spawn_refresh(keys, settings.refresh_interval, stop.clone(), None, false);
         }
     }
     Ok(())
@@ -440,6 +449,7 @@ async fn start_keys(
 /// (keeping the keys of unchanged ones), an invalid one is refused and the old one kept.
 #[allow(clippy::too_many_arguments)]
 fn watch_authn_config(
+    reload: watch::Receiver<u64>,
     path: PathBuf,
     bytes: &[u8],
     jwt: Jwt,
@@ -469,7 +479,8 @@ fn watch_authn_config(
                     KeySource::File(_) => reload_interval,
                     _ => settings.refresh_interval,
                 };
-                spawn_refresh(&keys, interval, stop.clone());
+                let on_sighup = matches!(keys.source(), KeySource::File(_)).then(|| reload.clone());
+                spawn_refresh(&keys, interval, stop.clone(), on_sighup, false);
             }
             cache.invalidate_all();
             Ok(format!("{n} JWT issuers"))

@@ -514,25 +514,41 @@ impl JwtIssuer {
     }
 }
 
-/// Keeps `keys` fresh: loads now, then every `interval`, until the issuer is dropped or
-/// `stop` turns true. Inline keys load once.
+/// Keeps `keys` fresh: loads now (unless `loaded` says that was just done), then every
+/// `interval` and whenever `now` changes (SIGHUP), until the issuer is dropped or `stop`
+/// turns true. Inline keys never change after their first load.
 pub fn spawn_refresh(
     keys: &Arc<IssuerKeys>,
     interval: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    now: Option<tokio::sync::watch::Receiver<u64>>,
+    loaded: bool,
 ) {
     let weak = Arc::downgrade(keys);
     let once = matches!(keys.source(), KeySource::Inline(_));
+    let mut now = now;
     tokio::spawn(async move {
+        let mut skip = loaded;
         loop {
-            let Some(k) = weak.upgrade() else { return };
-            let _ = k.refresh().await;
-            drop(k);
+            if !skip {
+                let Some(k) = weak.upgrade() else { return };
+                let _ = k.refresh().await;
+            }
+            skip = false;
             if once {
                 return;
             }
+            let sighup = async {
+                match now.as_mut() {
+                    Some(n) => {
+                        let _ = n.changed().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}
+                _ = sighup => {}
                 _ = stop.changed() => return,
             }
         }

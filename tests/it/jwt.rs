@@ -541,3 +541,51 @@ fn the_deploy_example_is_valid() {
         tokenhook::verify::oidc::build_all(&c.jwt, &Default::default(), &cel, &metrics).unwrap();
     });
 }
+
+#[tokio::test]
+async fn sighup_reloads_local_jwks_files() {
+    let probe = TestServer::start(Opts::default()).await;
+    let iss = Issuer::start(&probe.ca).await;
+    iss.set_down(true);
+    std::fs::write(
+        probe.path("jwks.json"),
+        json!({"keys": [iss.jwk("k1")]}).to_string(),
+    )
+    .unwrap();
+    let toml = format!(
+        "[[verifiers]]\ntype = \"jwt\"\njwks_file = \"jwks.json\"\n[verifiers.issuer]\nurl = \"{}\"\naudiences = [\"my-app\"]\n[verifiers.claimMappings.username]\nclaim = \"sub\"\nprefix = \"\"\n",
+        iss.url
+    );
+    // Files are polled hourly here: only the reload signal can pick the new key up.
+    let s = TestServer::start_in(
+        probe,
+        Opts {
+            extra_toml: toml,
+            reload_interval_ms: 3_600_000,
+            ..Opts::default()
+        },
+    )
+    .await;
+    iss.add_key("ES256", "k2");
+    let t = iss.sign("k2", &iss.claims(json!({})));
+    std::fs::write(
+        s.path("jwks.json"),
+        json!({"keys": [iss.jwk("k1"), iss.jwk("k2")]}).to_string(),
+    )
+    .unwrap();
+    let before = s
+        .metric("tokenhook_jwks_refreshes_total", "result=\"success\"")
+        .await;
+    s._running.reload_now();
+    assert_eventually!(
+        10,
+        s.metric("tokenhook_jwks_refreshes_total", "result=\"success\"")
+            .await
+            > before,
+        "the reload signal did not reload the JWKS file"
+    );
+    assert_eq!(
+        s.client().review(&t, &[]).await.json()["status"]["authenticated"],
+        true
+    );
+}

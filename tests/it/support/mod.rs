@@ -96,6 +96,8 @@ pub struct Opts {
     /// Set up minting (issuer, a fresh RS256 key, accounts, policy) and the
     /// `service_account` verifier.
     pub mint: bool,
+    /// `server.reload_interval_ms` (default 50, so that reload tests are quick).
+    pub reload_interval_ms: u64,
 }
 
 impl Default for Opts {
@@ -106,6 +108,7 @@ impl Default for Opts {
             caller_tokens: None,
             tokens: TOKENS.into(),
             mint: false,
+            reload_interval_ms: 50,
         }
     }
 }
@@ -234,8 +237,9 @@ impl TestServer {
             extra.push_str(MINT_TOML);
             verifiers.push_str("[[verifiers]]\ntype = \"service_account\"\n");
         }
+        let reload = opts.reload_interval_ms;
         let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nreload_interval_ms = 50\nshutdown_grace_seconds = 5\n{callers}\n{extra}\n{verifiers}"
+            "[server]\nlisten = \"127.0.0.1:0\"\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nreload_interval_ms = {reload}\nshutdown_grace_seconds = 5\n{callers}\n{extra}\n{verifiers}"
         );
         let config_path = w("tokenhook.toml", &toml);
         let config = config::load(
