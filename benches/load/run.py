@@ -1,0 +1,228 @@
+#!/usr/bin/env python3
+"""Load harness: tokenhook against the floor server, in the same run, alternately.
+
+Usage (from the repository root):  python3 benches/load/run.py [--seconds 8] [--out benches/load/results.json]
+
+It installs its load generator itself (oha, from crates.io, with cargo install), builds
+tokenhook and the floor server in release mode, pins each server to core 0 and oha to
+core 1, and for every scenario runs the floor server, then tokenhook, with the same oha
+settings. Results: a Markdown table on stdout and JSON in --out.
+"""
+import argparse, base64, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TARGET = os.path.join(ROOT, "target", "release")
+
+
+def sh(*args, **kw):
+    return subprocess.run(args, check=True, **kw)
+
+
+def ensure_oha():
+    found = shutil.which("oha") or (os.path.exists(os.path.expanduser("~/.cargo/bin/oha")) and os.path.expanduser("~/.cargo/bin/oha"))
+    if found:
+        return found
+    print("installing oha from crates.io (cargo install oha --locked)…", file=sys.stderr)
+    sh("cargo", "install", "oha", "--locked")
+    return shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
+
+
+def ensure_cryptography():
+    try:
+        import cryptography  # noqa: F401
+    except ImportError:
+        sh(sys.executable, "-m", "pip", "install", "--quiet", "cryptography")
+
+
+def b64(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def jwt_material(alg, issuer):
+    """A private key, its public JWK and a token signed with it (Python's cryptography, not tokenhook)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    now = int(time.time())
+    header = {"alg": alg, "kid": alg.lower(), "typ": "JWT"}
+    claims = {"iss": issuer, "aud": "bench", "sub": "bench-user", "iat": now, "exp": now + 7200}
+    signing_input = (b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())).encode()
+    if alg == "RS256":
+        k = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        n = k.public_key().public_numbers()
+        jwk = {"kty": "RSA", "n": b64(n.n.to_bytes(256, "big")), "e": b64(n.e.to_bytes(3, "big"))}
+        sig = k.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+    elif alg == "ES256":
+        k = ec.generate_private_key(ec.SECP256R1())
+        n = k.public_key().public_numbers()
+        jwk = {"kty": "EC", "crv": "P-256", "x": b64(n.x.to_bytes(32, "big")), "y": b64(n.y.to_bytes(32, "big"))}
+        r, s = decode_dss_signature(k.sign(signing_input, ec.ECDSA(hashes.SHA256())))
+        sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    else:
+        k = ed25519.Ed25519PrivateKey.generate()
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+        jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64(k.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))}
+        sig = k.sign(signing_input)
+    jwk.update({"kid": alg.lower(), "alg": alg, "use": "sig"})
+    return jwk, signing_input.decode() + "." + b64(sig)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"port {port} never opened")
+
+
+def peak_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return 0
+
+
+class Server:
+    def __init__(self, argv, port):
+        self.port = port
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(["taskset", "-c", "0"] + argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port)
+        self.ready_ms = (time.monotonic() - self.started) * 1000
+
+    def stop(self):
+        rss = peak_rss_kib(self.proc.pid)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        return rss
+
+
+def run_oha(oha, url, body, seconds, conns, http2, keepalive, headers):
+    argv = ["taskset", "-c", "1", oha, "-z", f"{seconds}s", "-c", str(conns), "--no-tui", "--insecure",
+            "--output-format", "json", "-m", "POST", "-T", "application/json", "-d", body]
+    for h in headers:
+        argv += ["-H", h]
+    if http2:
+        argv += ["--http2", "-p", "4"]
+    if not keepalive:
+        argv += ["--disable-keepalive"]
+    out = subprocess.run(argv + [url], check=True, capture_output=True, text=True).stdout
+    r = json.loads(out)
+    pct = r.get("latencyPercentiles", {})
+    codes = r.get("statusCodeDistribution", {})
+    return {
+        "rps": r["summary"]["requestsPerSec"],
+        "p50_ms": pct.get("p50", 0) * 1000,
+        "p99_ms": pct.get("p99", 0) * 1000,
+        "p999_ms": pct.get("p99.9", 0) * 1000,
+        "status": codes,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--out", default=os.path.join(ROOT, "benches", "load", "results.json"))
+    a = ap.parse_args()
+    oha = ensure_oha()
+    ensure_cryptography()
+    sh("cargo", "build", "--release", "--quiet", "--bin", "tokenhook", "--example", "floor", cwd=ROOT)
+    tokenhook, floor = os.path.join(TARGET, "tokenhook"), os.path.join(TARGET, "examples", "floor")
+    work = tempfile.mkdtemp(prefix="tokenhook-load-")
+    dev = os.path.join(work, "dev")
+    # Certificates, demo tokens and a signing key, made by tokenhook dev itself.
+    p = subprocess.Popen([tokenhook, "dev", "--dir", dev, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    for line in p.stdout:
+        if line.strip().startswith("curl "):
+            break
+    p.terminate(); p.wait()
+    with open(os.path.join(dev, "tokens.csv")) as f:
+        alice = next(l.split(",")[0] for l in f if ",alice," in l)
+    issuer = "https://issuer.bench.example"
+    jwts = {alg: jwt_material(alg, issuer) for alg in ("RS256", "ES256", "EdDSA")}
+    with open(os.path.join(dev, "bench-jwks.json"), "w") as f:
+        json.dump({"keys": [j for j, _ in jwts.values()]}, f)
+    with open(os.path.join(dev, "bench-callers.csv"), "w") as f:
+        f.write(f"{alice},minter,1,minters\n")
+
+    def config(name, cache=True, jwt=False, mint=False):
+        port = free_port()
+        lines = [
+            "[server]", f'listen = "127.0.0.1:{port}"', 'cert_file = "server.crt"', 'key_file = "server.key"',
+            "[cache]", f"enabled = {'true' if cache else 'false'}",
+            "[log]", 'level = "warn"',
+        ]
+        if mint:
+            lines += ["[mint]", f'issuer = "https://127.0.0.1:{port}"', 'signing_key_file = "sa-signing.key"',
+                      "[[mint.service_accounts]]", 'namespace = "default"', 'name = "default"',
+                      "[[mint.policy]]", 'groups = ["minters"]', 'namespaces = ["*"]', 'service_accounts = ["*"]', 'audiences = ["*"]']
+        lines += ["[[verifiers]]", 'type = "static"', 'file = "tokens.csv"']
+        if jwt:
+            lines += ["[[verifiers]]", 'type = "jwt"', 'jwks_file = "bench-jwks.json"', "[verifiers.issuer]",
+                      f'url = "{issuer}"', 'audiences = ["bench"]', "[verifiers.claimMappings.username]", 'claim = "sub"', 'prefix = ""']
+        path = os.path.join(dev, f"{name}.toml")
+        with open(path, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        return path, port
+
+    review = lambda tok: json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": tok}})
+    scenarios = []
+    for conns in (16, 64):
+        for h2 in (False, True):
+            scenarios.append(("a: cache hit, static", dict(cache=True), review(alice), conns, h2, True, "/apis/authentication.k8s.io/v1/tokenreviews", []))
+    scenarios.append(("b: cache miss, static", dict(cache=False), review(alice), 16, False, True, "/apis/authentication.k8s.io/v1/tokenreviews", []))
+    for alg, (_, tok) in jwts.items():
+        scenarios.append((f"c: cache miss, JWT {alg}", dict(cache=False, jwt=True), review(tok), 16, False, True, "/apis/authentication.k8s.io/v1/tokenreviews", []))
+    scenarios.append(("d: mint TokenRequest", dict(mint=True), json.dumps({"spec": {"audiences": ["vault"]}}), 16, False, True,
+                      "/api/v1/namespaces/default/serviceaccounts/default/token", [f"Authorization: Bearer {alice}"]))
+    scenarios.append(("e: new TLS connection per request", dict(cache=True), review(alice), 16, False, False, "/apis/authentication.k8s.io/v1/tokenreviews", []))
+
+    results = []
+    for i, (name, cfg, body, conns, h2, keepalive, path, headers) in enumerate(scenarios):
+        row = {"scenario": name, "connections": conns, "protocol": "h2" if h2 else "http/1.1", "keepalive": keepalive}
+        for who in ("floor", "tokenhook"):
+            if who == "floor":
+                port = free_port()
+                srv = Server([floor, "--listen", f"127.0.0.1:{port}", "--cert", os.path.join(dev, "server.crt"), "--key", os.path.join(dev, "server.key")], port)
+            else:
+                cfg_path, port = config(f"bench{i}", **cfg)
+                srv = Server([tokenhook, "serve", "--config", cfg_path], port)
+            try:
+                r = run_oha(oha, f"https://127.0.0.1:{port}{path}", body, a.seconds, conns, h2, keepalive, headers)
+            finally:
+                r_rss = srv.stop()
+            r["peak_rss_mib"] = round(r_rss / 1024, 1)
+            r["ready_ms"] = round(srv.ready_ms, 1)
+            row[who] = r
+        row["throughput_ratio"] = row["tokenhook"]["rps"] / row["floor"]["rps"]
+        row["p99_ratio"] = row["tokenhook"]["p99_ms"] / max(row["floor"]["p99_ms"], 1e-9)
+        results.append(row)
+        print(f"{name} c={conns} {row['protocol']}: tokenhook {row['tokenhook']['rps']:.0f}/s floor {row['floor']['rps']:.0f}/s ratio {row['throughput_ratio']:.2f}", file=sys.stderr)
+
+    meta = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "seconds_per_run": a.seconds,
+            "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")}
+    with open(a.out, "w") as f:
+        json.dump({"machine": meta, "results": results}, f, indent=2)
+    print(f"| scenario | conns | proto | tokenhook req/s | floor req/s | ratio | p50 ms | p99 ms (floor) | p999 ms | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        t, fl = r["tokenhook"], r["floor"]
+        print(f"| {r['scenario']} | {r['connections']} | {r['protocol']}{'' if r['keepalive'] else ', no keep-alive'} | {t['rps']:.0f} | {fl['rps']:.0f} | {r['throughput_ratio']:.2f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} ({fl['p99_ms']:.2f}) | {t['p999_ms']:.2f} | {t['peak_rss_mib']} |")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
