@@ -438,3 +438,47 @@ fn keys_generate_writes_a_private_key_once() {
         .unwrap();
     assert!(!bad.status.success());
 }
+
+#[tokio::test]
+async fn authentication_config_flag_adds_its_issuers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let authn = tmp.path().join("authn.yaml");
+    // An issuer nobody serves: the flag's issuer must show up (not ready) in /readyz.
+    std::fs::write(
+        &authn,
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n- issuer:\n    url: https://127.0.0.1:1\n    audiences: [my-app]\n  claimMappings:\n    username:\n      claim: sub\n      prefix: \"\"\n",
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["dev", "--dir"])
+        .arg(&dir)
+        .args(["--listen", "127.0.0.1:0", "--authentication-config"])
+        .arg(&authn);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut base = String::new();
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if let Some(b) = line.strip_prefix("tokenhook dev: serving on ") {
+            base = b.to_owned();
+        }
+        if line.trim_start().starts_with("curl ") {
+            break;
+        }
+    }
+    let r = admin_client(&dir, &base).get("/readyz?verbose").await;
+    assert_eq!(r.status, 500);
+    assert!(
+        r.text()
+            .contains("[-]jwt-issuer https://127.0.0.1:1 failed"),
+        "{}",
+        r.text()
+    );
+    signal(&child, "-TERM");
+    assert!(wait_exit(&mut child).await.success());
+}
