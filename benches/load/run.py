@@ -155,8 +155,6 @@ def main():
     jwts = {alg: jwt_material(alg, issuer) for alg in ("RS256", "ES256", "EdDSA")}
     with open(os.path.join(dev, "bench-jwks.json"), "w") as f:
         json.dump({"keys": [j for j, _ in jwts.values()]}, f)
-    with open(os.path.join(dev, "bench-callers.csv"), "w") as f:
-        f.write(f"{alice},minter,1,minters\n")
 
     def config(name, cache=True, jwt=False, mint=False):
         port = free_port()
@@ -168,7 +166,7 @@ def main():
         if mint:
             lines += ["[mint]", f'issuer = "https://127.0.0.1:{port}"', 'signing_key_file = "sa-signing.key"',
                       "[[mint.service_accounts]]", 'namespace = "default"', 'name = "default"',
-                      "[[mint.policy]]", 'groups = ["minters"]', 'namespaces = ["*"]', 'service_accounts = ["*"]', 'audiences = ["*"]']
+                      "[[mint.policy]]", 'users = ["alice"]', 'namespaces = ["*"]', 'service_accounts = ["*"]', 'audiences = ["*"]']
         lines += ["[[verifiers]]", 'type = "static"', 'file = "tokens.csv"']
         if jwt:
             lines += ["[[verifiers]]", 'type = "jwt"', 'jwks_file = "bench-jwks.json"', "[verifiers.issuer]",
@@ -207,6 +205,10 @@ def main():
             r["peak_rss_mib"] = round(r_rss / 1024, 1)
             r["ready_ms"] = round(srv.ready_ms, 1)
             row[who] = r
+        for who in ("floor", "tokenhook"):
+            bad = {c: n for c, n in row[who]["status"].items() if not c.startswith("2")}
+            if bad:
+                sys.exit(f"{name}: {who} answered {bad}: the scenario is misconfigured, not measured")
         row["throughput_ratio"] = row["tokenhook"]["rps"] / row["floor"]["rps"]
         row["p99_ratio"] = row["tokenhook"]["p99_ms"] / max(row["floor"]["p99_ms"], 1e-9)
         results.append(row)

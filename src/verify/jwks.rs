@@ -1,19 +1,19 @@
 //! JSON Web Key Sets: parsing into verifiers under an algorithm allow-list, and fetching them (discovery, URL, file) with rate-limited refresh.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use aws_lc_rs::signature::{self, UnparsedPublicKey};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use josekit::jwk::Jwk;
-use josekit::jws::{self, JwsVerifier};
 use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
@@ -30,11 +30,33 @@ pub const ALLOWED_ALGS: &[&str] = &[
 /// Largest discovery or JWKS document accepted.
 const MAX_DOCUMENT: usize = 1 << 20;
 
+/// How one key verifies with one algorithm, straight through aws-lc-rs (the provider rustls
+/// already carries): a JWT verification is one signature check, so the library in between
+/// is pure overhead (josekit measured 1.2× the raw RS256 verify and 2.3× for EdDSA).
+enum RawKey {
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+        params: &'static signature::RsaParameters,
+    },
+    Other(UnparsedPublicKey<Vec<u8>>),
+}
+
 /// One public key with a verifier for each algorithm it may be used with.
 pub struct VerifyKey {
     /// `kid`, if the JWK has one.
     pub kid: Option<String>,
-    verifiers: HashMap<&'static str, Box<dyn JwsVerifier>>,
+    verifiers: Vec<(&'static str, RawKey)>,
+}
+
+fn b64_field(v: &Value, field: &str) -> Result<Vec<u8>, String> {
+    let s = v
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(|| format!("JWK has no {field:?}"))?;
+    URL_SAFE_NO_PAD
+        .decode(s.trim_end_matches('='))
+        .map_err(|_| format!("JWK {field:?} is not base64url"))
 }
 
 impl VerifyKey {
@@ -49,8 +71,9 @@ impl VerifyKey {
         {
             return Err(format!("key use {u:?} is not \"sig\""));
         }
-        let jwk = Jwk::from_bytes(v.to_string()).map_err(|e| format!("invalid JWK: {e}"))?;
-        let candidates: Vec<&'static str> = match (jwk.key_type(), jwk.curve()) {
+        let kty = v.get("kty").and_then(Value::as_str).unwrap_or("");
+        let crv = v.get("crv").and_then(Value::as_str);
+        let candidates: Vec<&'static str> = match (kty, crv) {
             ("RSA", _) => vec!["RS256", "RS384", "RS512", "PS256", "PS384", "PS512"],
             ("EC", Some("P-256")) => vec!["ES256"],
             ("EC", Some("P-384")) => vec!["ES384"],
@@ -58,38 +81,83 @@ impl VerifyKey {
             ("OKP", Some("Ed25519")) => vec!["EdDSA"],
             (kty, crv) => return Err(format!("unsupported key type {kty:?} {crv:?}")),
         };
-        let wanted: Vec<&'static str> = match jwk.algorithm() {
+        let wanted: Vec<&'static str> = match v.get("alg").and_then(Value::as_str) {
             Some(a) => match candidates.iter().find(|c| **c == a) {
                 Some(c) => vec![*c],
                 None => return Err(format!("JWK alg {a:?} does not fit its key type")),
             },
             None => candidates,
         };
-        let mut verifiers: HashMap<&'static str, Box<dyn JwsVerifier>> = HashMap::new();
+        let mut verifiers = Vec::new();
         for alg in wanted {
-            let made: Result<Box<dyn JwsVerifier>, _> = match alg {
-                "RS256" => jws::RS256.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
-                "RS384" => jws::RS384.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
-                "RS512" => jws::RS512.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
-                "PS256" => jws::PS256.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
-                "PS384" => jws::PS384.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
-                "PS512" => jws::PS512.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
-                "ES256" => jws::ES256.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
-                "ES384" => jws::ES384.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
-                "ES512" => jws::ES512.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
-                _ => jws::EdDSA.verifier_from_jwk(&jwk).map(|v| Box::new(v) as _),
+            let raw = match kty {
+                "RSA" => {
+                    let n = b64_field(v, "n")?;
+                    let e = b64_field(v, "e")?;
+                    let significant = n.iter().skip_while(|b| **b == 0).count();
+                    if significant < 256 {
+                        return Err("RSA keys must have at least 2048 bits".into());
+                    }
+                    let params: &'static signature::RsaParameters = match alg {
+                        "RS256" => &signature::RSA_PKCS1_2048_8192_SHA256,
+                        "RS384" => &signature::RSA_PKCS1_2048_8192_SHA384,
+                        "RS512" => &signature::RSA_PKCS1_2048_8192_SHA512,
+                        "PS256" => &signature::RSA_PSS_2048_8192_SHA256,
+                        "PS384" => &signature::RSA_PSS_2048_8192_SHA384,
+                        _ => &signature::RSA_PSS_2048_8192_SHA512,
+                    };
+                    RawKey::Rsa { n, e, params }
+                }
+                "EC" => {
+                    let (size, algorithm): (usize, &'static signature::EcdsaVerificationAlgorithm) =
+                        match alg {
+                            "ES256" => (32, &signature::ECDSA_P256_SHA256_FIXED),
+                            "ES384" => (48, &signature::ECDSA_P384_SHA384_FIXED),
+                            _ => (66, &signature::ECDSA_P521_SHA512_FIXED),
+                        };
+                    let (x, y) = (b64_field(v, "x")?, b64_field(v, "y")?);
+                    if x.len() != size || y.len() != size {
+                        return Err(format!("EC coordinates must be {size} bytes"));
+                    }
+                    let mut point = Vec::with_capacity(1 + 2 * size);
+                    point.push(4);
+                    point.extend_from_slice(&x);
+                    point.extend_from_slice(&y);
+                    RawKey::Other(UnparsedPublicKey::new(algorithm, point))
+                }
+                _ => {
+                    let x = b64_field(v, "x")?;
+                    if x.len() != 32 {
+                        return Err("Ed25519 keys are 32 bytes".into());
+                    }
+                    RawKey::Other(UnparsedPublicKey::new(&signature::ED25519, x))
+                }
             };
-            verifiers.insert(alg, made.map_err(|e| format!("unusable {alg} key: {e}"))?);
+            verifiers.push((alg, raw));
         }
         Ok(VerifyKey {
-            kid: jwk.key_id().map(str::to_owned),
+            kid: v.get("kid").and_then(Value::as_str).map(str::to_owned),
             verifiers,
         })
     }
 
-    /// The verifier for `alg`, if this key may be used with it.
-    pub fn verifier(&self, alg: &str) -> Option<&dyn JwsVerifier> {
-        self.verifiers.get(alg).map(|b| &**b)
+    /// Whether this key may be used with `alg`.
+    pub fn supports(&self, alg: &str) -> bool {
+        self.verifiers.iter().any(|(a, _)| *a == alg)
+    }
+
+    /// Checks `signature` over `signing_input` with `alg`; false when this key may not be
+    /// used with `alg` or the signature does not verify.
+    pub fn verify(&self, alg: &str, signing_input: &[u8], signature: &[u8]) -> bool {
+        let Some((_, raw)) = self.verifiers.iter().find(|(a, _)| *a == alg) else {
+            return false;
+        };
+        match raw {
+            RawKey::Rsa { n, e, params } => signature::RsaPublicKeyComponents { n, e }
+                .verify(params, signing_input, signature)
+                .is_ok(),
+            RawKey::Other(k) => k.verify(signing_input, signature).is_ok(),
+        }
     }
 }
 
@@ -134,11 +202,11 @@ impl KeySet {
         &'a self,
         kid: Option<&'a str>,
         alg: &'a str,
-    ) -> impl Iterator<Item = &'a dyn JwsVerifier> + 'a {
+    ) -> impl Iterator<Item = &'a VerifyKey> + 'a {
         self.keys
             .iter()
             .filter(move |k| kid.is_none() || k.kid.as_deref() == kid)
-            .filter_map(move |k| k.verifier(alg))
+            .filter(move |k| k.supports(alg))
     }
 
     /// Whether any key has `kid`.
@@ -461,8 +529,7 @@ mod tests {
         let pem = crate::mint::keys::generate_pem(crate::mint::keys::Alg::RS256).unwrap();
         let k = openssl::pkey::PKey::private_key_from_pem(&pem).unwrap();
         let rsa = k.rsa().unwrap();
-        use base64::Engine;
-        let b = |v: Vec<u8>| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let b = |v: Vec<u8>| URL_SAFE_NO_PAD.encode(v);
         json!({"kty": "RSA", "kid": "k1", "n": b(rsa.n().to_vec()), "e": b(rsa.e().to_vec())})
     }
 
@@ -470,14 +537,14 @@ mod tests {
     fn allow_list_and_use() {
         let mut k = rsa_jwk();
         let key = VerifyKey::from_jwk(&k).unwrap();
-        assert!(key.verifier("RS256").is_some());
-        assert!(key.verifier("PS512").is_some());
-        assert!(key.verifier("HS256").is_none());
-        assert!(key.verifier("none").is_none());
+        assert!(key.supports("RS256"));
+        assert!(key.supports("PS512"));
+        assert!(!key.supports("HS256"));
+        assert!(!key.supports("none"));
         k["alg"] = json!("RS384");
         let key = VerifyKey::from_jwk(&k).unwrap();
-        assert!(key.verifier("RS256").is_none());
-        assert!(key.verifier("RS384").is_some());
+        assert!(!key.supports("RS256"));
+        assert!(key.supports("RS384"));
         k["alg"] = json!("ES256");
         assert!(VerifyKey::from_jwk(&k).is_err());
         k["alg"] = json!("RS256");
