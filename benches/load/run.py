@@ -110,6 +110,22 @@ class Server:
         return rss
 
 
+def probe(port, path, body, headers):
+    """One request before the load: the scenario must be answering what it claims to measure."""
+    import http.client, ssl
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    hdrs = {"Content-Type": "application/json"}
+    for h in headers:
+        k, v = h.split(": ", 1)
+        hdrs[k] = v
+    c.request("POST", path, body=body, headers=hdrs)
+    r = c.getresponse()
+    return r.status, r.read().decode()
+
+
 def run_oha(oha, url, body, seconds, conns, http2, keepalive, headers):
     argv = ["taskset", "-c", "1", oha, "-z", f"{seconds}s", "-c", str(conns), "--no-tui", "--insecure",
             "--output-format", "json", "-m", "POST", "-T", "application/json", "-d", body]
@@ -199,6 +215,9 @@ def main():
                 cfg_path, port = config(f"bench{i}", **cfg)
                 srv = Server([tokenhook, "serve", "--config", cfg_path], port)
             try:
+                code, text = probe(port, path, body, headers)
+                if code not in (200, 201) or ("TokenReview" in text and '"authenticated":true' not in text):
+                    sys.exit(f"{name}: {who} answered {code} {text[:300]}: misconfigured, not measured")
                 r = run_oha(oha, f"https://127.0.0.1:{port}{path}", body, a.seconds, conns, h2, keepalive, headers)
             finally:
                 r_rss = srv.stop()
