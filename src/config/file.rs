@@ -52,6 +52,9 @@ pub struct ServerSection {
     pub body_read_timeout_seconds: u64,
     /// Connections served at once; more wait in the kernel's accept queue. Default 10000.
     pub max_connections: usize,
+    /// Reviews, TokenRequests and SelfSubjectReviews processed at once; more are answered
+    /// 429 with `Retry-After` (which kube-apiserver retries) instead of queueing. Default 4096.
+    pub max_in_flight: usize,
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish, in seconds. Default 30.
     pub shutdown_grace_seconds: u64,
     /// How often certificate and token files are checked for changes, in milliseconds. Default 5000.
@@ -70,6 +73,7 @@ impl Default for ServerSection {
             header_read_timeout_seconds: 10,
             body_read_timeout_seconds: 10,
             max_connections: 10_000,
+            max_in_flight: 4096,
             shutdown_grace_seconds: 30,
             reload_interval_ms: 5_000,
         }
@@ -302,6 +306,8 @@ header_read_timeout_seconds = {hr}
 body_read_timeout_seconds = {br}
 # Connections served at once; more wait in the accept queue.
 max_connections = {maxc}
+# Requests processed at once; more get 429 + Retry-After (kube-apiserver retries those).
+max_in_flight = {maxf}
 # Seconds in-flight requests may take to finish after SIGTERM/SIGINT.
 shutdown_grace_seconds = {grace}
 # Milliseconds between checks of certificate and token files for changes.
@@ -343,6 +349,7 @@ level = {llvl}
         hr = s.header_read_timeout_seconds,
         br = s.body_read_timeout_seconds,
         maxc = s.max_connections,
+        maxf = s.max_in_flight,
         grace = s.shutdown_grace_seconds,
         reload = s.reload_interval_ms,
         ca = opt("client_ca_file", p(&c.callers.client_ca_file), "\"ca.crt\""),

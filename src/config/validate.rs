@@ -89,6 +89,8 @@ pub struct Limits {
     pub body_read_timeout: Duration,
     /// Concurrent connections.
     pub max_connections: usize,
+    /// Concurrent API requests before 429.
+    pub max_in_flight: usize,
     /// Drain time on shutdown.
     pub shutdown_grace: Duration,
 }
@@ -202,6 +204,7 @@ pub fn validate(f: &FileConfig, base: &Path) -> Result<Config, Vec<String>> {
             s.body_read_timeout_seconds,
         ),
         ("server.max_connections", s.max_connections as u64),
+        ("server.max_in_flight", s.max_in_flight as u64),
         ("server.reload_interval_ms", s.reload_interval_ms),
     ] {
         if v == 0 {
@@ -345,6 +348,7 @@ pub fn validate(f: &FileConfig, base: &Path) -> Result<Config, Vec<String>> {
                 header_read_timeout: Duration::from_secs(s.header_read_timeout_seconds),
                 body_read_timeout: Duration::from_secs(s.body_read_timeout_seconds),
                 max_connections: s.max_connections,
+                max_in_flight: s.max_in_flight,
                 shutdown_grace: Duration::from_secs(s.shutdown_grace_seconds),
             },
             reload_interval: Duration::from_millis(s.reload_interval_ms),

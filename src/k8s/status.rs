@@ -292,6 +292,19 @@ impl Status {
         })
     }
 
+    /// 429, as kube-apiserver's max-in-flight filter answers: retried by its clients.
+    pub fn too_many_requests(retry_after: u32) -> Self {
+        Self::failure(
+            429,
+            Reason::TooManyRequests,
+            "Too many requests, please try again later.",
+        )
+        .with_details(StatusDetails {
+            retry_after_seconds: Some(retry_after),
+            ..StatusDetails::default()
+        })
+    }
+
     /// 500 for a failure of our own.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::failure(

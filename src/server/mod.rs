@@ -121,6 +121,8 @@ pub struct App {
     pub clock: Clock,
     /// The token issuer, when `[mint]` is configured.
     pub issuer: Option<Arc<Issuer>>,
+    /// Slots for API requests in flight (`server.max_in_flight`).
+    pub in_flight: Arc<Semaphore>,
     /// What an empty audience list means for audience-bound tokens: the API audiences, or
     /// (as kube's `--api-audiences` defaults to the service-account issuer) the issuer.
     pub default_audiences: Vec<String>,
@@ -378,6 +380,7 @@ impl Server {
             cache,
             clock,
             issuer,
+            in_flight: Arc::new(Semaphore::new(config.limits.max_in_flight)),
             default_audiences: match (&config.mint, config.api_audiences.is_empty()) {
                 (Some(m), true) => vec![m.issuer.clone()],
                 _ => config.api_audiences.clone(),

@@ -133,6 +133,23 @@ async fn route_request(
         (false, Route::Metrics) if app.config.metrics.listen.is_some() => Route::NotFound,
         (false, r) => r,
     };
+    // API work (not health or metrics) is bounded: over the limit, 429 at once rather than
+    // an unbounded queue; kube-apiserver's webhook client retries 429.
+    let _slot = match route {
+        Route::Review(_) | Route::Webhook | Route::Mint { .. } | Route::SelfSubjectReview => {
+            match app.in_flight.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    app.metrics
+                        .requests
+                        .with_label_values(&[route.label(), "429"])
+                        .inc();
+                    return status_response(&Status::too_many_requests(1), pretty_hint);
+                }
+            }
+        }
+        _ => None,
+    };
     let response = match (route, req.method()) {
         (Route::Review(v), &Method::POST) => review::handle(&app, &conn, req, v).await,
         (Route::Webhook, &Method::POST) => review::handle(&app, &conn, req, ApiVersion::V1).await,

@@ -115,3 +115,50 @@ async fn open_endpoint_without_callers_section() {
     .await;
     assert_eq!(s.anonymous().review("bob-token", &[]).await.status, 201);
 }
+
+#[tokio::test]
+async fn over_max_in_flight_is_429_with_retry_after() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start(Opts {
+        server_toml: "max_in_flight = 1\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    let body = r#"{"apiVersion":"authentication.k8s.io/v1","spec":{"token":"bob-token"}}"#;
+    let (head, tail) = body.split_at(10);
+    // One review holds the only slot while its body trickles in.
+    let mut slow = s.client().connect().await.unwrap();
+    slow.write_all(
+        format!(
+            "POST /apis/authentication.k8s.io/v1/tokenreviews HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{head}",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    slow.flush().await.unwrap();
+    let c = s.client();
+    crate::assert_eventually!(
+        10,
+        c.review("bob-token", &[]).await.status == 429,
+        "no 429 while the slot is held"
+    );
+    let r = c.review("bob-token", &[]).await;
+    assert_eq!(r.headers["retry-after"], "1");
+    let v = r.json();
+    assert_eq!(v["reason"], "TooManyRequests");
+    assert_eq!(v["details"]["retryAfterSeconds"], 1);
+    // Health and metrics are not API work: still answered.
+    assert_eq!(c.get("/readyz").await.status, 200);
+    // The held request completes, and the slot is free again.
+    slow.write_all(tail.as_bytes()).await.unwrap();
+    let mut buf = [0u8; 12];
+    slow.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 201");
+    crate::assert_eventually!(
+        10,
+        c.review("bob-token", &[]).await.status == 201,
+        "slot not released"
+    );
+}

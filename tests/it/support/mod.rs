@@ -98,6 +98,8 @@ pub struct Opts {
     pub mint: bool,
     /// `server.reload_interval_ms` (default 50, so that reload tests are quick).
     pub reload_interval_ms: u64,
+    /// More `[server]` keys.
+    pub server_toml: String,
 }
 
 impl Default for Opts {
@@ -109,6 +111,7 @@ impl Default for Opts {
             tokens: TOKENS.into(),
             mint: false,
             reload_interval_ms: 50,
+            server_toml: String::new(),
         }
     }
 }
@@ -238,8 +241,9 @@ impl TestServer {
             verifiers.push_str("[[verifiers]]\ntype = \"service_account\"\n");
         }
         let reload = opts.reload_interval_ms;
+        let server_extra = &opts.server_toml;
         let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nreload_interval_ms = {reload}\nshutdown_grace_seconds = 5\n{callers}\n{extra}\n{verifiers}"
+            "[server]\nlisten = \"127.0.0.1:0\"\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nreload_interval_ms = {reload}\nshutdown_grace_seconds = 5\n{server_extra}\n{callers}\n{extra}\n{verifiers}"
         );
         let config_path = w("tokenhook.toml", &toml);
         let config = config::load(
