@@ -162,3 +162,47 @@ async fn over_max_in_flight_is_429_with_retry_after() {
         "slot not released"
     );
 }
+
+#[tokio::test]
+async fn slowloris_headers_are_cut_off_while_others_are_served() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = TestServer::start(Opts {
+        server_toml: "header_read_timeout_seconds = 1\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    let mut slow = s.client().connect().await.unwrap();
+    slow.write_all(
+        b"POST /apis/authentication.k8s.io/v1/tokenreviews HTTP/1.1\r\nHost: localhost\r\n",
+    )
+    .await
+    .unwrap();
+    slow.flush().await.unwrap();
+    let started = std::time::Instant::now();
+    // Dribble a header byte now and then; the server must not wait forever.
+    let mut closed = false;
+    for _ in 0..40 {
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if slow.write_all(b"X").await.is_err() || slow.flush().await.is_err() {
+            closed = true;
+            break;
+        }
+        // Meanwhile other callers are answered.
+        assert_eq!(s.client().review("bob-token", &[]).await.status, 201);
+        let mut buf = [0u8; 64];
+        if let Ok(Ok(n)) =
+            tokio::time::timeout(std::time::Duration::from_millis(10), slow.read(&mut buf)).await
+        {
+            // An error response or EOF: either way the server gave up on the slow client.
+            let _ = n;
+            closed = true;
+            break;
+        }
+    }
+    assert!(
+        closed,
+        "a client dribbling headers held its connection for {:?}",
+        started.elapsed()
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(8));
+}
