@@ -158,15 +158,10 @@ impl Issuer {
         if parts.iss.as_deref() != Some(self.config.issuer.as_str()) {
             return Outcome::NotMine;
         }
-        let (h, payload) = (parts.header_b64, parts.payload);
-        let header: Header = match URL_SAFE_NO_PAD
-            .decode(h)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-        {
-            Some(h) => h,
-            None => return reject(RejectReason::Malformed, "header is not base64url JSON"),
+        let Some(header) = parts.header::<Header>() else {
+            return reject(RejectReason::Malformed, "header is not base64url JSON");
         };
+        let payload = parts.payload;
         if header.crit.is_some() {
             return reject(RejectReason::Malformed, "crit header is not supported");
         }

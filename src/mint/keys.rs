@@ -19,6 +19,7 @@ use openssl::rsa::Rsa;
 use serde_json::{Map, Value, json};
 
 use crate::verify::Digest;
+use crate::verify::jwks::b64_field;
 
 /// A JWS algorithm tokenhook signs and verifies with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,16 +110,6 @@ fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn b64d(v: &Value, field: &str) -> Result<Vec<u8>, String> {
-    let s = v
-        .get(field)
-        .and_then(Value::as_str)
-        .ok_or_else(|| format!("JWK has no {field:?}"))?;
-    URL_SAFE_NO_PAD
-        .decode(s.trim_end_matches('='))
-        .map_err(|_| format!("JWK {field:?} is not base64url"))
-}
-
 /// Reads every key in `path`: PEM (private or SubjectPublicKeyInfo public), JWK or JWKS.
 fn read_keys(path: &Path) -> Result<Vec<Loaded>, KeyError> {
     let bytes = std::fs::read(path).map_err(|source| KeyError::Read {
@@ -177,8 +168,8 @@ fn from_jwk(v: &Value) -> Result<Loaded, String> {
                 .to_der_private_key(),
         ),
         ("RSA", false) => {
-            let n = BigNum::from_slice(&b64d(v, "n")?).map_err(|e| e.to_string())?;
-            let e = BigNum::from_slice(&b64d(v, "e")?).map_err(|e| e.to_string())?;
+            let n = BigNum::from_slice(&b64_field(v, "n")?).map_err(|e| e.to_string())?;
+            let e = BigNum::from_slice(&b64_field(v, "e")?).map_err(|e| e.to_string())?;
             let rsa = Rsa::from_public_components(n, e).map_err(|e| e.to_string())?;
             PKey::from_rsa(rsa)
                 .map(Loaded::Public)
@@ -192,8 +183,8 @@ fn from_jwk(v: &Value) -> Result<Loaded, String> {
                 other => return Err(format!("unsupported EC curve {other:?}")),
             };
             let group = EcGroup::from_curve_name(nid).map_err(|e| e.to_string())?;
-            let x = BigNum::from_slice(&b64d(v, "x")?).map_err(|e| e.to_string())?;
-            let y = BigNum::from_slice(&b64d(v, "y")?).map_err(|e| e.to_string())?;
+            let x = BigNum::from_slice(&b64_field(v, "x")?).map_err(|e| e.to_string())?;
+            let y = BigNum::from_slice(&b64_field(v, "y")?).map_err(|e| e.to_string())?;
             let ec = EcKey::from_public_key_affine_coordinates(&group, &x, &y)
                 .map_err(|e| e.to_string())?;
             PKey::from_ec_key(ec)
@@ -204,7 +195,7 @@ fn from_jwk(v: &Value) -> Result<Loaded, String> {
             if v.get("crv").and_then(Value::as_str) != Some("Ed25519") {
                 return Err("only the Ed25519 OKP curve is supported".into());
             }
-            PKey::public_key_from_raw_bytes(&b64d(v, "x")?, Id::ED25519)
+            PKey::public_key_from_raw_bytes(&b64_field(v, "x")?, Id::ED25519)
                 .map(Loaded::Public)
                 .map_err(|e| e.to_string())
         }

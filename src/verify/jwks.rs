@@ -49,7 +49,11 @@ pub struct VerifyKey {
     verifiers: Vec<(&'static str, RawKey)>,
 }
 
-fn b64_field(v: &Value, field: &str) -> Result<Vec<u8>, String> {
+/// A JWK member as bytes (base64url, padding tolerated).
+///
+/// # Errors
+/// Missing member or not base64url.
+pub(crate) fn b64_field(v: &Value, field: &str) -> Result<Vec<u8>, String> {
     let s = v
         .get(field)
         .and_then(Value::as_str)

@@ -86,6 +86,17 @@ pub struct JwtParts<'a> {
     pub iss: Option<String>,
 }
 
+impl JwtParts<'_> {
+    /// The header, decoded into `T`; `None` when it is not base64url JSON of that shape.
+    pub fn header<T: serde::de::DeserializeOwned>(&self) -> Option<T> {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(self.header_b64)
+            .ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
 /// Splits `token` if it has the shape of a compact JWS with a base64url JSON payload;
 /// anything else (opaque tokens, JWE's five parts) is `None`.
 pub fn split_jwt(token: &str) -> Option<JwtParts<'_>> {

@@ -671,20 +671,13 @@ impl Verifier for Jwt {
         else {
             return Ok(Outcome::NotMine);
         };
-        let (h, payload) = (parts.header_b64, parts.payload);
-        let header: Header = match URL_SAFE_NO_PAD
-            .decode(h)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-        {
-            Some(h) => h,
-            None => {
-                return Ok(reject(
-                    RejectReason::Malformed,
-                    "header is not base64url JSON",
-                ));
-            }
+        let Some(header) = parts.header::<Header>() else {
+            return Ok(reject(
+                RejectReason::Malformed,
+                "header is not base64url JSON",
+            ));
         };
+        let payload = parts.payload;
         if !ALLOWED_ALGS.contains(&header.alg.as_str()) {
             return Ok(reject(
                 RejectReason::BadSignature,

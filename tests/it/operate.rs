@@ -282,14 +282,7 @@ async fn kubectl_whoami_discovery_and_readyz() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("dev");
     let (child, base, _) = start(&dir, &[]);
-    let kubectl = |args: &[&str]| {
-        Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(dir.join("admin-kubeconfig.yaml"))
-            .args(args)
-            .output()
-            .expect("kubectl is required for the tests (it is installed on these machines)")
-    };
+    let kubectl = |args: &[&str]| crate::support::dev::kubectl(&dir, args);
     let out = kubectl(&["auth", "whoami", "-o", "json"]);
     assert!(
         out.status.success(),
