@@ -389,3 +389,86 @@ async fn kubectl_whoami_discovery_and_readyz() {
     assert_eq!(v["serverVersion"]["major"], "1");
     stop(&dir, child).await;
 }
+
+#[tokio::test]
+async fn debug_logs_never_contain_a_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let (child, base, _) = start(&dir, &[("TOKENHOOK_LOG__LEVEL", "debug")]);
+    let admin = admin_client(&dir, &base);
+    let alice = token_of(&dir, "alice");
+    let mut secrets = vec![
+        alice.clone(),
+        token_of(&dir, "bob"),
+        token_of(&dir, "admin"),
+    ];
+    // Every path a token takes: review (miss, hit, unknown), mint, review of the minted
+    // token, bearer caller of whoami and mint, a rejected JWT.
+    admin.review(&alice, &[]).await;
+    admin.review(&alice, &[]).await;
+    admin.review("not-a-real-token-value", &[]).await;
+    secrets.push("not-a-real-token-value".into());
+    let minted = admin
+        .post_json(
+            "/api/v1/namespaces/default/serviceaccounts/default/token",
+            &json!({"spec": {"audiences": ["vault"]}}),
+        )
+        .await
+        .json()["status"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    admin.review(&minted, &["vault"]).await;
+    let mut parts: Vec<&str> = minted.split('.').collect();
+    let forged_sig = "AAAA".repeat(20);
+    parts[2] = &forged_sig;
+    let forged = parts.join(".");
+    admin.review(&forged, &["vault"]).await;
+    secrets.push(minted.clone());
+    secrets.push(forged.clone());
+    let anon = Client::new(
+        base.trim_start_matches("https://").parse().unwrap(),
+        &std::fs::read_to_string(dir.join("ca.crt")).unwrap(),
+        None,
+    );
+    anon.request(
+        http::Method::POST,
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        &[("authorization", &format!("Bearer {alice}"))],
+        "{}",
+    )
+    .await;
+    anon.request(
+        http::Method::POST,
+        "/api/v1/namespaces/default/serviceaccounts/default/token",
+        &[("authorization", "Bearer wrong-caller-secret")],
+        "{}",
+    )
+    .await;
+    secrets.push("wrong-caller-secret".into());
+    let (status, logs) = stop(&dir, child).await;
+    assert!(status.success());
+    assert!(
+        logs.contains("DEBUG") || logs.contains("debug"),
+        "debug logging was not on"
+    );
+    for secret in &secrets {
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a token appears in the debug logs"
+        );
+        // Nor a long piece of one (a signature, a payload).
+        for part in secret.split('.').filter(|p| p.len() > 16) {
+            assert!(
+                !logs.contains(part),
+                "part of a token appears in the debug logs"
+            );
+        }
+    }
+    let key = std::fs::read_to_string(dir.join("sa-signing.key")).unwrap();
+    let key_body: String = key.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(
+        !logs.contains(&key_body[..40]),
+        "private key material in the logs"
+    );
+}
