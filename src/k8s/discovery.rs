@@ -89,9 +89,19 @@ pub fn document(path: &str, mint: bool) -> Option<Value> {
     })
 }
 
-/// Whether `path` is one of the discovery documents (for 405 on other methods).
+/// The paths [`document`] answers.
+const PATHS: &[&str] = &[
+    "/api",
+    "/api/v1",
+    "/apis",
+    "/apis/authentication.k8s.io",
+    "/apis/authentication.k8s.io/v1",
+    "/apis/authentication.k8s.io/v1beta1",
+];
+
+/// Whether `path` is one of the discovery documents (routing only: builds nothing).
 pub fn is_discovery(path: &str) -> bool {
-    document(path, true).is_some()
+    PATHS.contains(&path)
 }
 
 /// The create parameters kube documents for every create endpoint.
@@ -259,6 +269,9 @@ mod tests {
             "serviceaccounts/token"
         );
         assert!(document("/apis/apps/v1", true).is_none());
+        for p in PATHS {
+            assert!(document(p, true).is_some(), "{p}");
+        }
         let doc = openapi("v1").unwrap();
         assert!(
             doc["components"]["schemas"]["io.k8s.api.authentication.v1.TokenReview"].is_object()
