@@ -43,7 +43,20 @@ pub struct Metrics {
     pub jwks_refreshes: IntCounterVec,
     /// `tokenhook_build_info{version}`, always 1.
     pub build_info: IntGaugeVec,
+    /// `tokenhook_connections_open`: TCP connections accepted and not yet closed.
+    pub connections_open: IntGauge,
+    /// `tokenhook_connections_closed_total{reason}`.
+    pub connections_closed: IntCounterVec,
 }
+
+/// Values of `tokenhook_connections_closed_total{reason}`.
+pub const CLOSE_REASONS: [&str; 5] = [
+    "handshake_failed",
+    "handshake_timeout",
+    "idle",
+    "shutdown",
+    "ended",
+];
 
 impl Metrics {
     /// Creates every metric and registers it in a fresh registry.
@@ -139,6 +152,15 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            connections_open: gauge(
+                "tokenhook_connections_open",
+                "Connections accepted and not yet closed (both listeners).",
+            )?,
+            connections_closed: counter(
+                "tokenhook_connections_closed_total",
+                "Connections closed, by reason: handshake_failed, handshake_timeout, idle, shutdown, ended (by the client or after an error).",
+                &["reason"],
+            )?,
             registry,
         };
         m.build_info
@@ -146,6 +168,9 @@ impl Metrics {
             .set(1);
         // Series that exist from the start (at zero), so that rates and alerts work before
         // the first event.
+        for reason in CLOSE_REASONS {
+            m.connections_closed.with_label_values(&[reason]);
+        }
         for cause in ["expired", "size", "explicit", "replaced"] {
             m.cache_evictions.with_label_values(&[cause]);
         }

@@ -50,6 +50,10 @@ pub struct ServerSection {
     pub header_read_timeout_seconds: u64,
     /// Time allowed to send a request body, in seconds. Default 10.
     pub body_read_timeout_seconds: u64,
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY), in
+    /// seconds. Default 120, above the 90 s that Go clients (kube-apiserver) keep idle
+    /// connections, so that the client, not tokenhook, normally closes first.
+    pub idle_timeout_seconds: u64,
     /// Connections served at once; more wait in the kernel's accept queue. Default 10000.
     pub max_connections: usize,
     /// Reviews, TokenRequests and SelfSubjectReviews processed at once; more are answered
@@ -72,6 +76,7 @@ impl Default for ServerSection {
             handshake_timeout_seconds: 10,
             header_read_timeout_seconds: 10,
             body_read_timeout_seconds: 10,
+            idle_timeout_seconds: 120,
             max_connections: 10_000,
             max_in_flight: 4096,
             shutdown_grace_seconds: 30,
@@ -304,6 +309,9 @@ max_body_bytes = {max_body}
 handshake_timeout_seconds = {hs}
 header_read_timeout_seconds = {hr}
 body_read_timeout_seconds = {br}
+# Seconds a connection may stay idle (no request in flight) before it is closed. HTTP/1.1
+# connections waiting for their next request are also bounded by header_read_timeout_seconds.
+idle_timeout_seconds = {idle}
 # Connections served at once; more wait in the accept queue.
 max_connections = {maxc}
 # Requests processed at once; more get 429 + Retry-After (kube-apiserver retries those).
@@ -348,6 +356,7 @@ level = {llvl}
         hs = s.handshake_timeout_seconds,
         hr = s.header_read_timeout_seconds,
         br = s.body_read_timeout_seconds,
+        idle = s.idle_timeout_seconds,
         maxc = s.max_connections,
         maxf = s.max_in_flight,
         grace = s.shutdown_grace_seconds,

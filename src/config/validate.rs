@@ -87,6 +87,8 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     /// Request body deadline.
     pub body_read_timeout: Duration,
+    /// Idle connection deadline.
+    pub idle_timeout: Duration,
     /// Concurrent connections.
     pub max_connections: usize,
     /// Concurrent API requests before 429.
@@ -203,6 +205,7 @@ pub fn validate(f: &FileConfig, base: &Path) -> Result<Config, Vec<String>> {
             "server.body_read_timeout_seconds",
             s.body_read_timeout_seconds,
         ),
+        ("server.idle_timeout_seconds", s.idle_timeout_seconds),
         ("server.max_connections", s.max_connections as u64),
         ("server.max_in_flight", s.max_in_flight as u64),
         ("server.reload_interval_ms", s.reload_interval_ms),
@@ -347,6 +350,7 @@ pub fn validate(f: &FileConfig, base: &Path) -> Result<Config, Vec<String>> {
                 handshake_timeout: Duration::from_secs(s.handshake_timeout_seconds),
                 header_read_timeout: Duration::from_secs(s.header_read_timeout_seconds),
                 body_read_timeout: Duration::from_secs(s.body_read_timeout_seconds),
+                idle_timeout: Duration::from_secs(s.idle_timeout_seconds),
                 max_connections: s.max_connections,
                 max_in_flight: s.max_in_flight,
                 shutdown_grace: Duration::from_secs(s.shutdown_grace_seconds),

@@ -11,12 +11,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
@@ -627,17 +627,26 @@ async fn serve(
 ) {
     let limits = app.config.limits.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper starts the header deadline as soon as an HTTP/1.1 connection waits for a request,
+    // so it also bounds keep-alive idleness there.
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
+    // Rapid reset (CVE-2023-44487) and reset floods: GOAWAY after this many streams reset
+    // before we accept them, or reset by us for protocol errors. Headers are bounded too
+    // (CONTINUATION floods).
     builder
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(Some(20))
+        .max_local_error_reset_streams(Some(1024))
+        .max_header_list_size(64 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
+    // Each connection task holds a clone; when every clone is dropped, all have finished.
+    let (alive, mut all_done) = tokio::sync::mpsc::channel::<()>(1);
 
     loop {
         let permit = tokio::select! {
@@ -660,18 +669,26 @@ async fn serve(
         };
         let app = app.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let (alive, stop) = (alive.clone(), stop.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            connection(metrics_only, app, builder, watcher, tcp, peer).await;
+            let _alive = alive;
+            app.metrics.connections_open.inc();
+            let reason = connection(metrics_only, &app, builder, stop, tcp, peer).await;
+            app.metrics.connections_open.dec();
+            app.metrics
+                .connections_closed
+                .with_label_values(&[reason])
+                .inc();
         });
     }
     drop(listener);
+    drop(alive);
     tracing::info!(
         grace_seconds = limits.shutdown_grace.as_secs(),
         "draining connections"
     );
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+    if tokio::time::timeout(limits.shutdown_grace, all_done.recv())
         .await
         .is_err()
     {
@@ -679,29 +696,61 @@ async fn serve(
     }
 }
 
+/// Requests in flight on one connection and when the last one finished, for the idle timeout.
+struct Activity {
+    start: Instant,
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        ActivityGuard(self.clone())
+    }
+
+    fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Acquire));
+        Some(self.start.elapsed().saturating_sub(last))
+    }
+}
+
+struct ActivityGuard(Arc<Activity>);
+
+impl Drop for ActivityGuard {
+    fn drop(&mut self) {
+        let now = u64::try_from(self.0.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_ms.store(now, Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves one connection to its end; returns why it ended (a `connections_closed` reason).
 async fn connection(
     metrics_only: bool,
-    app: Arc<App>,
+    app: &Arc<App>,
     builder: auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut stop: watch::Receiver<bool>,
     tcp: TcpStream,
     peer: SocketAddr,
-) {
+) -> &'static str {
     let _ = tcp.set_nodelay(true);
+    let limits = &app.config.limits;
     let acceptor = TlsAcceptor::from(app.tls.get());
-    let stream =
-        match tokio::time::timeout(app.config.limits.handshake_timeout, acceptor.accept(tcp)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
-            }
-        };
+    let stream = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return "handshake_failed";
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return "handshake_timeout";
+        }
+    };
     let client_cert = stream
         .get_ref()
         .1
@@ -713,16 +762,58 @@ async fn connection(
         peer,
         client_cert,
     });
-    let svc = service_fn(move |req| {
-        let app = app.clone();
-        let conn = conn.clone();
-        async move { Ok::<_, Infallible>(routes::handle(app, conn, req).await) }
+    let activity = Arc::new(Activity {
+        start: Instant::now(),
+        in_flight: AtomicUsize::new(0),
+        last_ms: AtomicU64::new(0),
     });
-    if let Err(e) = watcher
-        .watch(builder.serve_connection(TokioIo::new(stream), svc))
-        .await
-    {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    let svc = {
+        let (app, activity) = (app.clone(), activity.clone());
+        service_fn(move |req| {
+            let busy = activity.begin();
+            let app = app.clone();
+            let conn = conn.clone();
+            async move {
+                let response = routes::handle(app, conn, req).await;
+                drop(busy);
+                Ok::<_, Infallible>(response)
+            }
+        })
+    };
+    let served = builder.serve_connection(TokioIo::new(stream), svc);
+    let mut served = std::pin::pin!(served);
+    let idle_timeout = limits.idle_timeout;
+    let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(50)));
+    let mut closing = None;
+    let mut goaway_at = None;
+    loop {
+        tokio::select! {
+            r = served.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return closing.unwrap_or("ended");
+            }
+            _ = stop.wait_for(|s| *s), if closing.is_none() => {
+                closing = Some("shutdown");
+                served.as_mut().graceful_shutdown();
+            }
+            _ = tick.tick(), if closing != Some("shutdown") => {
+                let idle = activity.idle_for().is_some_and(|d| d >= idle_timeout);
+                match goaway_at {
+                    None if idle => {
+                        tracing::debug!(%peer, "closing idle connection");
+                        closing = Some("idle");
+                        goaway_at = Some(Instant::now());
+                        served.as_mut().graceful_shutdown();
+                    }
+                    // HTTP/2's graceful close waits for the peer to answer a PING; a peer
+                    // that never does is dropped once it has been idle that long again.
+                    Some(at) if idle && at.elapsed() >= idle_timeout => return "idle",
+                    _ => {}
+                }
+            }
+        }
     }
 }
 

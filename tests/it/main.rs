@@ -12,6 +12,7 @@ mod support;
 mod cli;
 mod deploy;
 mod errors;
+mod hostile;
 mod jwt;
 mod mint;
 mod operate;
