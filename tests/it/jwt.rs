@@ -126,8 +126,65 @@ async fn attacks_are_rejected() {
     h.kid = Some("k1".into());
     h.jku = Some("https://evil.example/jwks".into());
     let with_jku = iss.sign_with_header(h, &iss.claims(json!({})));
+    // Headers naming a key elsewhere or embedding one, signed with the issuer's real key:
+    // never followed, refused outright.
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.kid = Some("k1".into());
+    h.x5u = Some("https://evil.example/cert.pem".into());
+    let with_x5u = iss.sign_with_header(h, &iss.claims(json!({})));
+    let real = json!({"alg": "RS256", "kid": "k1", "typ": "JWT"});
+    let with_header = |extra: Value| {
+        let mut h = real.clone();
+        h.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        iss.sign_raw("k1", &h, &iss.claims(json!({})))
+    };
+    let with_jwk = with_header(json!({"jwk": iss.jwk("k1")}));
+    // crit names an extension this verifier does not understand (RFC 7515 §4.1.11).
+    let with_crit = with_header(json!({"crit": ["exp"], "exp": 0}));
+    // An attacker's own key, embedded as jwk, under a kid the issuer does not have.
+    let (a, k, attacker_jwk) = keypair("RS256", "attacker");
+    let mut h = jsonwebtoken::Header::new(a);
+    h.kid = Some("attacker".into());
+    h.jwk = Some(serde_json::from_value(attacker_jwk).unwrap());
+    let self_signed = jsonwebtoken::encode(&h, &iss.claims(json!({})), &k).unwrap();
+    // kid path traversal and injection: looked up as opaque strings, matching nothing.
+    let (a, k, _) = keypair("RS256", "x");
+    let odd_kid = |kid: &str| {
+        let mut h = jsonwebtoken::Header::new(a);
+        h.kid = Some(kid.into());
+        jsonwebtoken::encode(&h, &iss.claims(json!({})), &k).unwrap()
+    };
+    // A nested JWT (cty: JWT): the payload is a token, not a claim set.
+    let nested = {
+        let header = b64(&json!({"alg": "RS256", "kid": "k1", "cty": "JWT"}));
+        let inner = base64::Engine::encode(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+            good.as_bytes(),
+        );
+        format!("{header}.{inner}.{}", good.split('.').nth(2).unwrap())
+    };
+    // A JWE (five segments) carrying the good token's pieces.
+    let jwe = format!(
+        "{}..{}.{}.{}",
+        b64(&json!({"alg": "RSA-OAEP", "enc": "A256GCM", "kid": "k1"})),
+        good.split('.').nth(1).unwrap(),
+        payload,
+        "AAAA"
+    );
     let now = tokenhook::clock::Clock::System.now().0;
     let cases = [
+        ("x5u", with_x5u),
+        ("embedded jwk of the real key", with_jwk),
+        ("crit", with_crit),
+        ("embedded attacker jwk", self_signed),
+        ("kid path traversal", odd_kid("../../../../etc/passwd")),
+        ("kid injection", odd_kid("k1' OR '1'='1")),
+        ("kid with NUL", odd_kid("k1\u{0}")),
+        ("kid huge", odd_kid(&"k".repeat(64 * 1024))),
+        ("nested JWT", nested),
+        ("JWE", jwe),
         ("alg none", none),
         ("hs256 with public key", hmac),
         ("foreign key", foreign),

@@ -249,6 +249,20 @@ impl Issuer {
         jsonwebtoken::encode(&h, claims, k).unwrap()
     }
 
+    /// Signs `claims` under an arbitrary JSON `header` with key `kid` (for headers that
+    /// jsonwebtoken's `Header` cannot carry, such as `crit`).
+    pub fn sign_raw(&self, kid: &str, header: &Value, claims: &Value) -> String {
+        use base64::Engine;
+        let b64 = |v: &Value| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string().as_bytes())
+        };
+        let st = self.state.lock().unwrap();
+        let (_, a, k, _) = st.keys.iter().find(|k| k.0 == kid).unwrap();
+        let input = format!("{}.{}", b64(header), b64(claims));
+        let sig = jsonwebtoken::crypto::sign(input.as_bytes(), k, *a).unwrap();
+        format!("{input}.{sig}")
+    }
+
     /// Claims valid now for audience `my-app`, merged with `extra`.
     pub fn claims(&self, extra: Value) -> Value {
         let now = tokenhook::clock::Clock::System.now().0;
