@@ -2,6 +2,7 @@
 
 pub mod dev;
 pub mod issuer;
+pub mod secrets;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -174,6 +175,34 @@ pub struct TestServer {
     pub ca: Ca,
     pub caller: Leaf,
     pub tokens_path: PathBuf,
+    /// Checks the suite's observed text for leaked secrets when the server goes away.
+    pub _leaks: LeakCheck,
+}
+
+/// Runs [`secrets::check`] on drop.
+pub struct LeakCheck;
+
+impl Drop for LeakCheck {
+    fn drop(&mut self) {
+        secrets::check();
+    }
+}
+
+/// Registers the token column of a token CSV as secrets.
+fn csv_secrets(csv: &str) {
+    for line in csv.lines().filter(|l| !l.starts_with('#')) {
+        let token = line.split(',').next().unwrap_or_default();
+        if !token.starts_with("sha256:") {
+            secrets::secret(token);
+        }
+    }
+}
+
+/// Registers the base64 body of a PEM private key as secrets.
+pub fn key_secrets(pem: &str) {
+    for line in pem.lines().filter(|l| !l.starts_with("-----")) {
+        secrets::secret(line);
+    }
 }
 
 impl TestServer {
@@ -192,8 +221,13 @@ impl TestServer {
     }
 
     async fn start_with(dir: tempfile::TempDir, ca: Ca, opts: Opts) -> TestServer {
+        secrets::capture_logs();
         let server = ca.server();
         let caller = ca.client("kube-apiserver");
+        key_secrets(&server.key);
+        key_secrets(&caller.key);
+        csv_secrets(&opts.tokens);
+        csv_secrets(opts.caller_tokens.as_deref().unwrap_or_default());
         let w = |name: &str, s: &str| {
             let p = dir.path().join(name);
             std::fs::write(&p, s).unwrap();
@@ -225,17 +259,18 @@ impl TestServer {
             let old =
                 tokenhook::mint::keys::generate_pem(tokenhook::mint::keys::Alg::ES256).unwrap();
             let old = openssl::pkey::PKey::private_key_from_pem(&old).unwrap();
-            w(
-                "old.key",
-                &String::from_utf8(old.private_key_to_pem_pkcs8().unwrap()).unwrap(),
-            );
+            let old_key = String::from_utf8(old.private_key_to_pem_pkcs8().unwrap()).unwrap();
+            key_secrets(&old_key);
+            w("old.key", &old_key);
             w(
                 "old.pub",
                 &String::from_utf8(old.public_key_to_pem().unwrap()).unwrap(),
             );
             let key =
                 tokenhook::mint::keys::generate_pem(tokenhook::mint::keys::Alg::RS256).unwrap();
-            w("sa.key", &String::from_utf8(key).unwrap());
+            let key = String::from_utf8(key).unwrap();
+            key_secrets(&key);
+            w("sa.key", &key);
             w("revocations.txt", "# nothing revoked\n");
             extra.push_str(MINT_TOML);
             verifiers.push_str("[[verifiers]]\ntype = \"service_account\"\n");
@@ -260,6 +295,7 @@ impl TestServer {
             ca,
             caller,
             tokens_path,
+            _leaks: LeakCheck,
         }
     }
 
@@ -384,6 +420,15 @@ impl Client {
 
     /// One request on a fresh connection.
     pub async fn send(&self, req: Request<Full<Bytes>>) -> std::io::Result<Resp> {
+        if let Some(t) = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        {
+            secrets::secret(t);
+        }
+        let metrics = req.uri().path().starts_with("/metrics");
         let tls = self.connect().await?;
         let io = TokioIo::new(tls);
         let resp = if self.h2 {
@@ -410,6 +455,18 @@ impl Client {
             .map_err(std::io::Error::other)?
             .map_err(std::io::Error::other)?
             .to_bytes();
+        // What the server says back is checked for leaks too: metrics and Status messages
+        // never carry a secret; a minted token is one from now on.
+        if metrics {
+            secrets::observe(&String::from_utf8_lossy(&body));
+        } else if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+            if v["kind"] == "Status" {
+                secrets::observe(&String::from_utf8_lossy(&body));
+            }
+            if let Some(t) = v["status"]["token"].as_str() {
+                secrets::late_secret(t);
+            }
+        }
         Ok(Resp {
             status: parts.status,
             headers: parts.headers,
@@ -433,9 +490,13 @@ impl Client {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        self.send(b.body(Full::new(body.into())).unwrap())
-            .await
-            .unwrap()
+        let body: Bytes = body.into();
+        if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&body) {
+            if let Some(t) = v["spec"]["token"].as_str() {
+                secrets::secret(t);
+            }
+        }
+        self.send(b.body(Full::new(body)).unwrap()).await.unwrap()
     }
 
     pub async fn get(&self, path: &str) -> Resp {
