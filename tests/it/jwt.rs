@@ -646,3 +646,73 @@ async fn sighup_reloads_local_jwks_files() {
         true
     );
 }
+
+#[tokio::test]
+async fn hanging_issuer_is_cut_by_the_fetch_timeout_and_counted_as_transient() {
+    // An "issuer" that accepts connections and never says a word.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://127.0.0.1:{}", hang.local_addr().unwrap().port());
+    let held = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((tcp, _)) = hang.accept().await {
+            conns.push(tcp);
+        }
+    });
+    let probe = TestServer::start(Opts::default()).await;
+    let ca: String = probe
+        .ca
+        .pem
+        .lines()
+        .map(|l| format!("      {l}\n"))
+        .collect();
+    std::fs::write(
+        probe.path("authn.yaml"),
+        format!("apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n- issuer:\n    url: {url}\n    audiences: [my-app]\n    certificateAuthority: |\n{ca}{MAPPINGS}"),
+    )
+    .unwrap();
+    let s = TestServer::start_in(
+        probe,
+        Opts {
+            extra_toml: "[jwt]\nfetch_timeout_seconds = 1\nmin_refresh_interval_seconds = 0\n\n[[verifiers]]\ntype = \"authentication_config\"\nfile = \"authn.yaml\"\n".into(),
+            ..Opts::default()
+        },
+    )
+    .await;
+    let (a, k, _) = keypair("RS256", "k1");
+    let mut h = jsonwebtoken::Header::new(a);
+    h.kid = Some("k1".into());
+    let now = tokenhook::clock::Clock::System.now().0;
+    let t = jsonwebtoken::encode(
+        &h,
+        &json!({"iss": url, "aud": "my-app", "sub": "jane", "exp": now + 600}),
+        &k,
+    )
+    .unwrap();
+    // Each review waits at most the fetch timeout, then answers "could not check" (503 with
+    // Retry-After, which kube-apiserver retries), never "no".
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        let r = s.client().review(&t, &[]).await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.headers["retry-after"], "1");
+        assert!(started.elapsed() < std::time::Duration::from_secs(8));
+    }
+    // Meanwhile other tokens are answered at once.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        s.client().review("bob-token", &[]).await.json()["status"]["authenticated"],
+        true
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert!(
+        s.metric("tokenhook_reviews_total", "outcome=\"error\"")
+            .await
+            >= 2.0
+    );
+    assert!(
+        s.metric("tokenhook_jwks_refreshes_total", "result=\"failure\"")
+            .await
+            >= 2.0
+    );
+    held.abort();
+}

@@ -18,4 +18,5 @@ mod mint;
 mod operate;
 mod reload;
 mod review;
+mod soak;
 mod transport;

@@ -49,8 +49,13 @@ pub fn start(dir: &Path, env: &[(&str, &str)]) -> (Child, String, Vec<String>) {
 
 /// Sends `signal` (e.g. `-TERM`, `-HUP`) to the child.
 pub fn signal(child: &Child, signal: &str) {
+    signal_pid(child.id(), signal);
+}
+
+/// Sends `signal` to process `pid`.
+pub fn signal_pid(pid: u32, signal: &str) {
     let ok = Command::new("kill")
-        .args([signal, &child.id().to_string()])
+        .args([signal, &pid.to_string()])
         .status()
         .unwrap();
     assert!(ok.success());

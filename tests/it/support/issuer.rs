@@ -30,16 +30,88 @@ struct State {
 /// The running issuer.
 pub struct Issuer {
     pub url: String,
+    addr: std::net::SocketAddr,
     state: Arc<Mutex<State>>,
     down: Arc<AtomicBool>,
     pub jwks_hits: Arc<AtomicUsize>,
-    task: tokio::task::JoinHandle<()>,
+    task: Mutex<tokio::task::JoinHandle<()>>,
+    shared: Shared,
 }
 
 impl Drop for Issuer {
     fn drop(&mut self) {
-        self.task.abort();
+        self.task.lock().unwrap().abort();
     }
+}
+
+/// What every connection of the issuer needs.
+#[derive(Clone)]
+struct Shared {
+    acceptor: tokio_rustls::TlsAcceptor,
+    state: Arc<Mutex<State>>,
+    down: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+    url: String,
+}
+
+/// Accepts on `listener`; aborting the returned task closes the listener and every
+/// connection (they live in its JoinSet), as a stopped process would.
+fn serve(listener: tokio::net::TcpListener, shared: Shared) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            while conns.try_join_next().is_some() {}
+            let Shared {
+                acceptor,
+                state: st,
+                down: dn,
+                hits,
+                url: u,
+            } = shared.clone();
+            conns.spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let (st, dn, hits, u) = (st.clone(), dn.clone(), hits.clone(), u.clone());
+                    async move {
+                        let (code, body) = if dn.load(Ordering::SeqCst) {
+                            (503, json!({"error": "down"}))
+                        } else {
+                            match req.uri().path() {
+                                "/.well-known/openid-configuration" => (
+                                    200,
+                                    json!({"issuer": u, "jwks_uri": format!("{u}/jwks"),
+                                           "id_token_signing_alg_values_supported": ["RS256"]}),
+                                ),
+                                "/jwks" => {
+                                    hits.fetch_add(1, Ordering::SeqCst);
+                                    let keys: Vec<Value> = st
+                                        .lock()
+                                        .unwrap()
+                                        .keys
+                                        .iter()
+                                        .map(|k| k.3.clone())
+                                        .collect();
+                                    (200, json!({ "keys": keys }))
+                                }
+                                _ => (404, json!({})),
+                            }
+                        };
+                        let mut r = hyper::Response::new(Full::new(Bytes::from(body.to_string())));
+                        *r.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    })
 }
 
 fn b64(b: &[u8]) -> String {
@@ -130,70 +202,42 @@ impl Issuer {
         let state = Arc::new(Mutex::new(State { keys: Vec::new() }));
         let down = Arc::new(AtomicBool::new(false));
         let jwks_hits = Arc::new(AtomicUsize::new(0));
-        let (st, dn, hits, u) = (state.clone(), down.clone(), jwks_hits.clone(), url.clone());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    continue;
-                };
-                let (acceptor, st, dn, hits, u) = (
-                    acceptor.clone(),
-                    st.clone(),
-                    dn.clone(),
-                    hits.clone(),
-                    u.clone(),
-                );
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let (st, dn, hits, u) = (st.clone(), dn.clone(), hits.clone(), u.clone());
-                        async move {
-                            let (code, body) = if dn.load(Ordering::SeqCst) {
-                                (503, json!({"error": "down"}))
-                            } else {
-                                match req.uri().path() {
-                                    "/.well-known/openid-configuration" => (
-                                        200,
-                                        json!({"issuer": u, "jwks_uri": format!("{u}/jwks"),
-                                               "id_token_signing_alg_values_supported": ["RS256"]}),
-                                    ),
-                                    "/jwks" => {
-                                        hits.fetch_add(1, Ordering::SeqCst);
-                                        let keys: Vec<Value> = st
-                                            .lock()
-                                            .unwrap()
-                                            .keys
-                                            .iter()
-                                            .map(|k| k.3.clone())
-                                            .collect();
-                                        (200, json!({ "keys": keys }))
-                                    }
-                                    _ => (404, json!({})),
-                                }
-                            };
-                            let mut r =
-                                hyper::Response::new(Full::new(Bytes::from(body.to_string())));
-                            *r.status_mut() = hyper::StatusCode::from_u16(code).unwrap();
-                            Ok::<_, Infallible>(r)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
+        let shared = Shared {
+            acceptor,
+            state: state.clone(),
+            down: down.clone(),
+            hits: jwks_hits.clone(),
+            url: url.clone(),
+        };
+        let task = Mutex::new(serve(listener, shared.clone()));
         let issuer = Issuer {
             url,
+            addr,
             state,
             down,
             jwks_hits,
             task,
+            shared,
         };
         issuer.add_key("RS256", "k1");
         issuer
+    }
+
+    /// Stops listening and drops every connection (connections are then refused).
+    pub fn stop(&self) {
+        self.task.lock().unwrap().abort();
+    }
+
+    /// Listens again on the same address after [`Issuer::stop`].
+    pub async fn restart(&self) {
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                // The aborted task may not have released the port yet.
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        };
+        *self.task.lock().unwrap() = serve(listener, self.shared.clone());
     }
 
     /// Publishes a new key.

@@ -222,65 +222,7 @@ impl TestServer {
 
     async fn start_with(dir: tempfile::TempDir, ca: Ca, opts: Opts) -> TestServer {
         secrets::capture_logs();
-        let server = ca.server();
-        let caller = ca.client("kube-apiserver");
-        key_secrets(&server.key);
-        key_secrets(&caller.key);
-        csv_secrets(&opts.tokens);
-        csv_secrets(opts.caller_tokens.as_deref().unwrap_or_default());
-        let w = |name: &str, s: &str| {
-            let p = dir.path().join(name);
-            std::fs::write(&p, s).unwrap();
-            p
-        };
-        w("ca.crt", &ca.pem);
-        w("server.crt", &server.cert);
-        w("server.key", &server.key);
-        let tokens_path = w("tokens.csv", &opts.tokens);
-        let mut callers = String::from("[callers]\n");
-        if let Some(names) = &opts.client_names {
-            callers.push_str("client_ca_file = \"ca.crt\"\n");
-            callers.push_str(&format!(
-                "allowed_names = [{}]\n",
-                names
-                    .iter()
-                    .map(|n| format!("{n:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
-        }
-        if let Some(t) = &opts.caller_tokens {
-            w("callers.csv", t);
-            callers.push_str("tokens_file = \"callers.csv\"\n");
-        }
-        let mut extra = opts.extra_toml.clone();
-        let mut verifiers = "[[verifiers]]\ntype = \"static\"\nfile = \"tokens.csv\"\n".to_string();
-        if opts.mint {
-            let old =
-                tokenhook::mint::keys::generate_pem(tokenhook::mint::keys::Alg::ES256).unwrap();
-            let old = openssl::pkey::PKey::private_key_from_pem(&old).unwrap();
-            let old_key = String::from_utf8(old.private_key_to_pem_pkcs8().unwrap()).unwrap();
-            key_secrets(&old_key);
-            w("old.key", &old_key);
-            w(
-                "old.pub",
-                &String::from_utf8(old.public_key_to_pem().unwrap()).unwrap(),
-            );
-            let key =
-                tokenhook::mint::keys::generate_pem(tokenhook::mint::keys::Alg::RS256).unwrap();
-            let key = String::from_utf8(key).unwrap();
-            key_secrets(&key);
-            w("sa.key", &key);
-            w("revocations.txt", "# nothing revoked\n");
-            extra.push_str(MINT_TOML);
-            verifiers.push_str("[[verifiers]]\ntype = \"service_account\"\n");
-        }
-        let reload = opts.reload_interval_ms;
-        let server_extra = &opts.server_toml;
-        let toml = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nreload_interval_ms = {reload}\nshutdown_grace_seconds = 5\n{server_extra}\n{callers}\n{extra}\n{verifiers}"
-        );
-        let config_path = w("tokenhook.toml", &toml);
+        let (config_path, caller, tokens_path) = write_setup(dir.path(), &ca, &opts);
         let config = config::load(
             Some(&config_path),
             "TOKENHOOK_IT_UNUSED_",
@@ -326,6 +268,69 @@ impl TestServer {
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }
+}
+
+/// Writes the test PKI, token file, keys and `tokenhook.toml` (listening on 127.0.0.1:0)
+/// into `dir`; returns the config path, the caller's client certificate and the token file.
+pub fn write_setup(dir: &Path, ca: &Ca, opts: &Opts) -> (PathBuf, Leaf, PathBuf) {
+    let server = ca.server();
+    let caller = ca.client("kube-apiserver");
+    key_secrets(&server.key);
+    key_secrets(&caller.key);
+    csv_secrets(&opts.tokens);
+    csv_secrets(opts.caller_tokens.as_deref().unwrap_or_default());
+    let w = |name: &str, s: &str| {
+        let p = dir.join(name);
+        std::fs::write(&p, s).unwrap();
+        p
+    };
+    w("ca.crt", &ca.pem);
+    w("server.crt", &server.cert);
+    w("server.key", &server.key);
+    let tokens_path = w("tokens.csv", &opts.tokens);
+    let mut callers = String::from("[callers]\n");
+    if let Some(names) = &opts.client_names {
+        callers.push_str("client_ca_file = \"ca.crt\"\n");
+        callers.push_str(&format!(
+            "allowed_names = [{}]\n",
+            names
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if let Some(t) = &opts.caller_tokens {
+        w("callers.csv", t);
+        callers.push_str("tokens_file = \"callers.csv\"\n");
+    }
+    let mut extra = opts.extra_toml.clone();
+    let mut verifiers = "[[verifiers]]\ntype = \"static\"\nfile = \"tokens.csv\"\n".to_string();
+    if opts.mint {
+        let old = tokenhook::mint::keys::generate_pem(tokenhook::mint::keys::Alg::ES256).unwrap();
+        let old = openssl::pkey::PKey::private_key_from_pem(&old).unwrap();
+        let old_key = String::from_utf8(old.private_key_to_pem_pkcs8().unwrap()).unwrap();
+        key_secrets(&old_key);
+        w("old.key", &old_key);
+        w(
+            "old.pub",
+            &String::from_utf8(old.public_key_to_pem().unwrap()).unwrap(),
+        );
+        let key = tokenhook::mint::keys::generate_pem(tokenhook::mint::keys::Alg::RS256).unwrap();
+        let key = String::from_utf8(key).unwrap();
+        key_secrets(&key);
+        w("sa.key", &key);
+        w("revocations.txt", "# nothing revoked\n");
+        extra.push_str(MINT_TOML);
+        verifiers.push_str("[[verifiers]]\ntype = \"service_account\"\n");
+    }
+    let reload = opts.reload_interval_ms;
+    let server_extra = &opts.server_toml;
+    let toml = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nreload_interval_ms = {reload}\nshutdown_grace_seconds = 5\n{server_extra}\n{callers}\n{extra}\n{verifiers}"
+    );
+    let config_path = w("tokenhook.toml", &toml);
+    (config_path, caller, tokens_path)
 }
 
 /// A response, fully read.
