@@ -7,7 +7,7 @@ use moka::Expiry;
 use moka::future::Cache;
 
 use crate::k8s::token_review::TokenReviewStatus;
-use crate::verify::{Digest, VerifyError};
+use crate::verify::VerifyError;
 
 /// A cached verdict: the status to answer, who decided, and how long it may be reused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,11 +90,13 @@ impl VerdictCache {
         &self.config
     }
 
-    /// Derives the key for `token` under `audiences`. Lengths are mixed in so that no two
-    /// different audience lists can produce the same byte stream.
-    pub fn key(token: &Digest, audiences: &[String]) -> Key {
+    /// Derives the key for `token` under `audiences`: one SHA-256 over both, so the raw
+    /// token is never a key and a hit hashes once. Lengths are mixed in so that no two
+    /// different (token, audience list) pairs produce the same byte stream.
+    pub fn key(token: &str, audiences: &[String]) -> Key {
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        ctx.update(&token.0);
+        ctx.update(&(token.len() as u64).to_le_bytes());
+        ctx.update(token.as_bytes());
         for a in audiences {
             ctx.update(&(a.len() as u64).to_le_bytes());
             ctx.update(a.as_bytes());
@@ -156,13 +158,18 @@ mod tests {
 
     #[test]
     fn keys_separate_audience_lists() {
-        let d = Digest::of(b"t");
-        let a = VerdictCache::key(&d, &["ab".into(), "c".into()]);
-        let b = VerdictCache::key(&d, &["a".into(), "bc".into()]);
-        let c = VerdictCache::key(&d, &[]);
+        let a = VerdictCache::key("t", &["ab".into(), "c".into()]);
+        let b = VerdictCache::key("t", &["a".into(), "bc".into()]);
+        let c = VerdictCache::key("t", &[]);
         assert_ne!(a, b);
         assert_ne!(a, c);
-        assert_eq!(c, VerdictCache::key(&d, &[]));
+        assert_eq!(c, VerdictCache::key("t", &[]));
+        // The token's length is mixed in too: ("tab", []) is not ("t", ["ab"]).
+        assert_ne!(
+            VerdictCache::key("t", &["ab".into()]),
+            VerdictCache::key("tab", &[])
+        );
+        assert_ne!(VerdictCache::key("s", &[]), c);
     }
 
     #[tokio::test]

@@ -148,31 +148,32 @@ def run_oha(oha, url, body, seconds, conns, http2, keepalive, headers):
     }
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=8)
-    ap.add_argument("--out", default=os.path.join(ROOT, "benches", "load", "results.json"))
-    a = ap.parse_args()
-    oha = ensure_oha()
-    ensure_cryptography()
-    sh("cargo", "build", "--release", "--quiet", "--bin", "tokenhook", "--example", "floor", cwd=ROOT)
-    tokenhook, floor = os.path.join(TARGET, "tokenhook"), os.path.join(TARGET, "examples", "floor")
-    work = tempfile.mkdtemp(prefix="tokenhook-load-")
-    dev = os.path.join(work, "dev")
-    # Certificates, demo tokens and a signing key, made by tokenhook dev itself.
-    p = subprocess.Popen([tokenhook, "dev", "--dir", dev, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    for line in p.stdout:
-        if line.strip().startswith("curl "):
-            break
-    p.terminate(); p.wait()
-    with open(os.path.join(dev, "tokens.csv")) as f:
-        alice = next(l.split(",")[0] for l in f if ",alice," in l)
-    issuer = "https://issuer.bench.example"
-    jwts = {alg: jwt_material(alg, issuer) for alg in ("RS256", "ES256", "EdDSA")}
-    with open(os.path.join(dev, "bench-jwks.json"), "w") as f:
-        json.dump({"keys": [j for j, _ in jwts.values()]}, f)
+class Setup:
+    """Release binaries, a dev directory made by `tokenhook dev`, JWT material, and config writing."""
 
-    def config(name, cache=True, jwt=False, mint=False):
+    def __init__(self):
+        ensure_cryptography()
+        sh("cargo", "build", "--release", "--quiet", "--bin", "tokenhook", "--example", "floor", cwd=ROOT)
+        self.tokenhook, self.floor = os.path.join(TARGET, "tokenhook"), os.path.join(TARGET, "examples", "floor")
+        self.work = tempfile.mkdtemp(prefix="tokenhook-load-")
+        dev = self.dev = os.path.join(self.work, "dev")
+        # Certificates, demo tokens and a signing key, made by tokenhook dev itself.
+        p = subprocess.Popen([self.tokenhook, "dev", "--dir", dev, "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for line in p.stdout:
+            if line.strip().startswith("curl "):
+                break
+        p.terminate(); p.wait()
+        with open(os.path.join(dev, "tokens.csv")) as f:
+            self.alice = next(l.split(",")[0] for l in f if ",alice," in l)
+        self.issuer = "https://issuer.bench.example"
+        self.jwts = {alg: jwt_material(alg, self.issuer) for alg in ("RS256", "ES256", "EdDSA")}
+        with open(os.path.join(dev, "bench-jwks.json"), "w") as f:
+            json.dump({"keys": [j for j, _ in self.jwts.values()]}, f)
+
+    def floor_argv(self, port):
+        return [self.floor, "--listen", f"127.0.0.1:{port}", "--cert", os.path.join(self.dev, "server.crt"), "--key", os.path.join(self.dev, "server.key")]
+
+    def config(self, name, cache=True, jwt=False, mint=False):
         port = free_port()
         lines = [
             "[server]", f'listen = "127.0.0.1:{port}"', 'cert_file = "server.crt"', 'key_file = "server.key"',
@@ -186,13 +187,27 @@ def main():
         lines += ["[[verifiers]]", 'type = "static"', 'file = "tokens.csv"']
         if jwt:
             lines += ["[[verifiers]]", 'type = "jwt"', 'jwks_file = "bench-jwks.json"', "[verifiers.issuer]",
-                      f'url = "{issuer}"', 'audiences = ["bench"]', "[verifiers.claimMappings.username]", 'claim = "sub"', 'prefix = ""']
-        path = os.path.join(dev, f"{name}.toml")
+                      f'url = "{self.issuer}"', 'audiences = ["bench"]', "[verifiers.claimMappings.username]", 'claim = "sub"', 'prefix = ""']
+        path = os.path.join(self.dev, f"{name}.toml")
         with open(path, "w") as f:
             f.write("\n".join(lines) + "\n")
         return path, port
 
-    review = lambda tok: json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": tok}})
+
+def review(tok):
+    return json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": tok}})
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--out", default=os.path.join(ROOT, "benches", "load", "results.json"))
+    a = ap.parse_args()
+    oha = ensure_oha()
+    st = Setup()
+    tokenhook, floor, dev, alice, jwts, config = st.tokenhook, st.floor, st.dev, st.alice, st.jwts, st.config
+    work = st.work
+
     scenarios = []
     for conns in (16, 64):
         for h2 in (False, True):
@@ -210,7 +225,7 @@ def main():
         for who in ("floor", "tokenhook"):
             if who == "floor":
                 port = free_port()
-                srv = Server([floor, "--listen", f"127.0.0.1:{port}", "--cert", os.path.join(dev, "server.crt"), "--key", os.path.join(dev, "server.key")], port)
+                srv = Server(st.floor_argv(port), port)
             else:
                 cfg_path, port = config(f"bench{i}", **cfg)
                 srv = Server([tokenhook, "serve", "--config", cfg_path], port)

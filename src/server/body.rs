@@ -25,32 +25,30 @@ pub enum Media {
 /// # Errors
 /// A type not in `accepted`.
 pub fn media_type(headers: &HeaderMap, accepted: &[Media]) -> Result<Media, Status> {
-    let names: Vec<&str> = accepted
-        .iter()
-        .map(|m| match m {
-            Media::Json => "application/json",
-            Media::Protobuf => protobuf::MEDIA_TYPE,
-        })
-        .collect();
     let media = match headers.get(CONTENT_TYPE).map(|v| v.to_str()) {
         None => Some(Media::Json),
         Some(Err(_)) => None,
-        Some(Ok(v)) => match v
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase()
-            .as_str()
-        {
-            "" | "application/json" => Some(Media::Json),
-            t if t == protobuf::MEDIA_TYPE => Some(Media::Protobuf),
-            _ => None,
-        },
+        Some(Ok(v)) => {
+            let t = v.split(';').next().unwrap_or("").trim();
+            if t.is_empty() || t.eq_ignore_ascii_case("application/json") {
+                Some(Media::Json)
+            } else if t.eq_ignore_ascii_case(protobuf::MEDIA_TYPE) {
+                Some(Media::Protobuf)
+            } else {
+                None
+            }
+        }
     };
-    media
-        .filter(|m| accepted.contains(m))
-        .ok_or_else(|| Status::unsupported_media_type(&names))
+    media.filter(|m| accepted.contains(m)).ok_or_else(|| {
+        let names: Vec<&str> = accepted
+            .iter()
+            .map(|m| match m {
+                Media::Json => "application/json",
+                Media::Protobuf => protobuf::MEDIA_TYPE,
+            })
+            .collect();
+        Status::unsupported_media_type(&names)
+    })
 }
 
 /// kube's `isPrettyPrint` fallback: curl, Wget and browsers get indented JSON.

@@ -48,14 +48,17 @@ impl fmt::Debug for Digest {
 /// A bearer token under review. `Debug` prints only its fingerprint.
 pub struct Token {
     raw: String,
-    digest: Digest,
+    /// Computed on first use: a cache hit never needs it (its key hashes the token itself).
+    digest: std::sync::OnceLock<Digest>,
 }
 
 impl Token {
-    /// Wraps a token, hashing it once.
+    /// Wraps a token.
     pub fn new(raw: String) -> Self {
-        let digest = Digest::of(raw.as_bytes());
-        Token { raw, digest }
+        Token {
+            raw,
+            digest: std::sync::OnceLock::new(),
+        }
     }
 
     /// The token itself: for verifiers only, never for logs.
@@ -63,15 +66,15 @@ impl Token {
         &self.raw
     }
 
-    /// Its SHA-256.
+    /// Its SHA-256 (computed once).
     pub fn digest(&self) -> &Digest {
-        &self.digest
+        self.digest.get_or_init(|| Digest::of(self.raw.as_bytes()))
     }
 }
 
 impl fmt::Debug for Token {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Token({:?})", self.digest)
+        write!(f, "Token({:?})", self.digest())
     }
 }
 

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""Cost per request, counted rather than timed: valgrind's callgrind (instructions) and DHAT
+(heap allocations) on the real release binaries, tokenhook beside the floor server.
+
+Usage (from the repository root):
+    python3 benches/load/profile.py [--scenario hit|miss|rs256|es256|eddsa] [--top 25]
+
+Each server runs under valgrind twice, answering N1 and then N2 identical requests from oha
+(keep-alive HTTP/1.1); (total(N2) - total(N1)) / (N2 - N1) is the cost of one request with
+start-up, TLS handshakes and shutdown cancelled out. Allocations are counted at 1 and at 16
+connections: equal counts mean nothing on the path grows with concurrency. The functions
+with the most instructions of their own (tokenhook, N2 run) are listed last. Instruction
+counts do not depend on what else the machine is doing.
+"""
+import argparse, json, os, re, signal, subprocess, sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402
+
+N1, N2 = 300, 1300
+
+
+def under_valgrind(tool, argv, port, n, conns, path, body, out, oha):
+    flag = {"callgrind": "--callgrind-out-file", "dhat": "--dhat-out-file"}[tool]
+    # Start-up (aws-lc's entropy gathering dominates it) is left out of the profile.
+    extra = ["--instr-atstart=no"] if tool == "callgrind" else []
+    p = subprocess.Popen(["valgrind", "-q", f"--tool={tool}", f"{flag}={out}"] + extra + argv,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run.wait_port(port, timeout=120)
+        code, text = run.probe(port, path, body, [])
+        if code != 201 or '"authenticated":true' not in text:
+            sys.exit(f"misconfigured: {code} {text[:200]}")
+        if tool == "callgrind":
+            subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], check=True, capture_output=True)
+        argv_oha = [oha, "-n", str(n), "-c", str(conns), "--no-tui", "--insecure", "--output-format", "json",
+                    "-m", "POST", "-T", "application/json", "-d", body, f"https://127.0.0.1:{port}{path}"]
+        r = json.loads(subprocess.run(argv_oha, check=True, capture_output=True, text=True).stdout)
+        bad = {c: k for c, k in r.get("statusCodeDistribution", {}).items() if not c.startswith("2")}
+        if bad:
+            sys.exit(f"non-2xx answers under load: {bad}")
+    finally:
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=120)
+    if tool == "callgrind":
+        with open(out) as f:
+            for line in f:
+                if line.startswith("summary:") or line.startswith("totals:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no totals in " + out)
+    with open(out) as f:
+        d = json.load(f)
+    return sum(pp["tbk"] for pp in d["pps"])
+
+
+def per_request(tool, argv_for_port, n_conns, path, body, work, label, oha):
+    totals = []
+    for n in (N1, N2):
+        port = run.free_port()
+        out = os.path.join(work, f"{tool}.{label}.{n}.{n_conns}.out")
+        totals.append(under_valgrind(tool, argv_for_port(port), port, n, n_conns, path, body, out, oha))
+    return (totals[1] - totals[0]) / (N2 - N1), out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--scenario", default="hit", choices=["hit", "miss", "rs256", "es256", "eddsa"])
+    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--keep", help="copy tokenhook's callgrind output here (for callgrind_annotate --inclusive=yes)")
+    a = ap.parse_args()
+    if not subprocess.run(["sh", "-c", "command -v valgrind"], capture_output=True).returncode == 0:
+        sys.exit("valgrind is required (Debian package valgrind)")
+    oha = run.ensure_oha()
+    st = run.Setup()
+    path = "/apis/authentication.k8s.io/v1/tokenreviews"
+    if a.scenario in ("hit", "miss"):
+        body, kw = run.review(st.alice), dict(cache=a.scenario == "hit")
+    else:
+        alg = {"rs256": "RS256", "es256": "ES256", "eddsa": "EdDSA"}[a.scenario]
+        body, kw = run.review(st.jwts[alg][1]), dict(cache=False, jwt=True)
+
+    def tokenhook(port):
+        cfg, _ = st.config(f"profile-{port}", **kw)
+        # The config picked its own port; point it at ours.
+        text = open(cfg).read()
+        text = re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"', text)
+        open(cfg, "w").write(text)
+        return [st.tokenhook, "serve", "--config", cfg]
+
+    rows = {}
+    rows["floor instructions"], _ = per_request("callgrind", st.floor_argv, 1, path, body, st.work, "floor", oha)
+    rows["tokenhook instructions"], th_out = per_request("callgrind", tokenhook, 1, path, body, st.work, "tokenhook", oha)
+    rows["floor allocations, 1 connection"], _ = per_request("dhat", st.floor_argv, 1, path, body, st.work, "floor", oha)
+    rows["tokenhook allocations, 1 connection"], _ = per_request("dhat", tokenhook, 1, path, body, st.work, "tokenhook", oha)
+    rows["tokenhook allocations, 16 connections"], _ = per_request("dhat", tokenhook, 16, path, body, st.work, "tokenhook16", oha)
+
+    print(f"scenario {a.scenario}: cost of one request (N={N2}-{N1}, keep-alive HTTP/1.1)")
+    for k, v in rows.items():
+        print(f"  {k:40s} {v:12.1f}")
+    print(f"  {'instruction ratio tokenhook/floor':40s} {rows['tokenhook instructions'] / rows['floor instructions']:12.2f}")
+    print(f"\ntokenhook, functions by own instructions (N={N2} requests, per request):")
+    ann = subprocess.run(["callgrind_annotate", "--inclusive=no", th_out], capture_output=True, text=True).stdout
+    shown = 0
+    for line in ann.splitlines():
+        m = re.match(r"\s*([\d,]+) \(\s*([\d.]+)%\)\s+(\S.*)", line)
+        if m and shown < a.top and "PROGRAM TOTALS" not in line:
+            ir = int(m.group(1).replace(",", ""))
+            name = re.sub(r"^.*?:", "", m.group(3), count=1) if ":" in m.group(3) else m.group(3)
+            print(f"  {ir / N2:10.0f}  {m.group(2):>5}%  {name[:150]}")
+            shown += 1
+    if a.keep:
+        subprocess.run(["cp", th_out, a.keep], check=True)
+    subprocess.run(["rm", "-rf", st.work])
+
+
+if __name__ == "__main__":
+    main()
