@@ -7,6 +7,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use tokenhook::cache::{CacheConfig, Cached, VerdictCache};
 use tokenhook::k8s::token_review::TokenReviewStatus;
+use tokenhook::verify::Token;
 
 fn cache(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -19,8 +20,8 @@ fn cache(c: &mut Criterion) {
         negative_ttl: Duration::from_secs(10),
     });
     let auds = vec!["https://kubernetes.default.svc".to_string()];
-    let token = "a-token-of-typical-length-0123456789abcdef";
-    let key = VerdictCache::key(token, &auds);
+    let token = Token::new("a-token-of-typical-length-0123456789abcdef".into());
+    let key = VerdictCache::key(&token, &auds);
     let v = Arc::new(Cached {
         status: TokenReviewStatus::unauthenticated(),
         verifier: "static",
@@ -29,7 +30,7 @@ fn cache(c: &mut Criterion) {
     rt.block_on(cache.get_or_verify(key, async { Ok(v.clone()) }))
         .unwrap();
     c.bench_function("cache_key", |b| {
-        b.iter(|| VerdictCache::key(std::hint::black_box(token), &auds))
+        b.iter(|| VerdictCache::key(std::hint::black_box(&token), &auds))
     });
     c.bench_function("cache_hit", |b| {
         b.iter(|| {

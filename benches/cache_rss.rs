@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use tokenhook::cache::{CacheConfig, Cached, VerdictCache};
 use tokenhook::k8s::token_review::{TokenReviewStatus, UserInfo};
+use tokenhook::verify::Token;
 
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
@@ -38,7 +39,7 @@ fn main() {
         let before = rss_kib();
         let auds = vec!["https://kubernetes.default.svc".to_string()];
         for i in 0..n {
-            let key = VerdictCache::key(&format!("token-{i}"), &auds);
+            let key = VerdictCache::key(&Token::new(format!("token-{i}")), &auds);
             let user = UserInfo {
                 username: format!("user-{}", i % 1000),
                 uid: format!("uid-{}", i % 1000),

@@ -7,7 +7,7 @@ use moka::Expiry;
 use moka::future::Cache;
 
 use crate::k8s::token_review::TokenReviewStatus;
-use crate::verify::VerifyError;
+use crate::verify::{Token, VerifyError};
 
 /// A cached verdict: the status to answer, who decided, and how long it may be reused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,13 +90,18 @@ impl VerdictCache {
         &self.config
     }
 
-    /// Derives the key for `token` under `audiences`: one SHA-256 over both, so the raw
-    /// token is never a key and a hit hashes once. Lengths are mixed in so that no two
-    /// different (token, audience list) pairs produce the same byte stream.
-    pub fn key(token: &str, audiences: &[String]) -> Key {
+    /// Derives the key for `token` under `audiences`, never the raw token. With no
+    /// audiences the key is the token's SHA-256 itself, which verifiers needing a digest
+    /// reuse, so a review hashes the token once, hit or miss. With audiences it is
+    /// SHA-256(0xFF || digest || (length, audience)...): 0xFF never occurs in UTF-8, so no
+    /// token's own digest can equal such a key, and the lengths keep audience lists apart.
+    pub fn key(token: &Token, audiences: &[String]) -> Key {
+        if audiences.is_empty() {
+            return token.digest().0;
+        }
         let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        ctx.update(&(token.len() as u64).to_le_bytes());
-        ctx.update(token.as_bytes());
+        ctx.update(&[0xff]);
+        ctx.update(&token.digest().0);
         for a in audiences {
             ctx.update(&(a.len() as u64).to_le_bytes());
             ctx.update(a.as_bytes());
@@ -158,18 +163,27 @@ mod tests {
 
     #[test]
     fn keys_separate_audience_lists() {
-        let a = VerdictCache::key("t", &["ab".into(), "c".into()]);
-        let b = VerdictCache::key("t", &["a".into(), "bc".into()]);
-        let c = VerdictCache::key("t", &[]);
+        let t = Token::new("t".into());
+        let a = VerdictCache::key(&t, &["ab".into(), "c".into()]);
+        let b = VerdictCache::key(&t, &["a".into(), "bc".into()]);
+        let c = VerdictCache::key(&t, &[]);
         assert_ne!(a, b);
         assert_ne!(a, c);
-        assert_eq!(c, VerdictCache::key("t", &[]));
-        // The token's length is mixed in too: ("tab", []) is not ("t", ["ab"]).
-        assert_ne!(
-            VerdictCache::key("t", &["ab".into()]),
-            VerdictCache::key("tab", &[])
+        assert_eq!(c, VerdictCache::key(&t, &[]));
+        // No audiences: the token's digest, shared with the verifiers.
+        assert_eq!(c, t.digest().0);
+        assert_ne!(VerdictCache::key(&Token::new("s".into()), &[]), c);
+        // A token spelling out the bytes hashed for (t, ["ab"]) cannot start with 0xFF:
+        // Strings are UTF-8.
+        assert!(
+            (0..=u32::from(char::MAX))
+                .filter_map(char::from_u32)
+                .all(|c| {
+                    let mut b = [0u8; 4];
+                    c.encode_utf8(&mut b);
+                    b[0] != 0xff
+                })
         );
-        assert_ne!(VerdictCache::key("s", &[]), c);
     }
 
     #[tokio::test]

@@ -88,7 +88,7 @@ pub async fn handle(
     }
 
     let token = Token::new(review.spec.token.clone());
-    let key = VerdictCache::key(token.expose(), &review.spec.audiences);
+    let key = VerdictCache::key(&token, &review.spec.audiences);
     let verdict = app
         .cache
         .get_or_verify(key, decide(app, &token, &review.spec.audiences))
