@@ -298,8 +298,11 @@ fn run(
         }
     };
     init_logging(&config.log);
+    // 8 MiB worker stacks (tokio's default is 2): configuration reloads compile CEL, whose
+    // parser and evaluator recurse per nesting level; the address space is reserved, not used.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .thread_stack_size(8 << 20)
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {

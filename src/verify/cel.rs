@@ -116,12 +116,57 @@ pub struct Expr {
     program: Program,
 }
 
+/// Longest expression accepted, in bytes.
+pub const MAX_LENGTH: usize = 4096;
+/// Deepest nesting accepted: brackets of every kind plus conditional (`?:`) branches.
+pub const MAX_NESTING: usize = 16;
+
+/// Refuses expressions whose shape alone would exhaust the stack: the CEL parser and
+/// evaluator recurse once per nesting level (found by fuzzing: about 60 nested `[` crashed
+/// an unoptimised build), so depth and length are bounded before parsing.
+fn check_shape(source: &str) -> Result<(), String> {
+    if source.len() > MAX_LENGTH {
+        return Err(format!(
+            "compilation failed: expression is {} bytes long, the limit is {MAX_LENGTH}",
+            source.len()
+        ));
+    }
+    let (mut depth, mut deepest, mut ternaries, mut quote) = (0usize, 0usize, 0usize, None::<char>);
+    let mut chars = source.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (Some(_), '\\') => {
+                chars.next();
+            }
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '(' | '[' | '{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            // Each conditional nests its branches one level deeper, wherever it sits.
+            (None, '?') => ternaries += 1,
+            (None, ')' | ']' | '}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    let nesting = deepest + ternaries;
+    if nesting > MAX_NESTING {
+        return Err(format!(
+            "compilation failed: expression nests {nesting} levels deep, the limit is {MAX_NESTING}"
+        ));
+    }
+    Ok(())
+}
+
 impl Expr {
     /// Compiles `source`, allowing only the variables in `vars`.
     ///
     /// # Errors
     /// Syntax errors, unknown variables, or functions this environment cannot evaluate.
     pub fn compile(env: &CelEnv, source: &str, vars: &[&str]) -> Result<Self, String> {
+        check_shape(source)?;
         let program = env.0.compile(source).map_err(|e| {
             format!(
                 "compilation failed: {}",
@@ -223,6 +268,42 @@ fn json_to_cel(v: &serde_json::Value) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn deep_or_long_expressions_are_refused_before_parsing() {
+        let env = super::CelEnv::new().unwrap();
+        let nested = |n: usize| format!("{}1{}", "[".repeat(n), "]".repeat(n));
+        let e = super::Expr::compile(&env, &nested(61), &["claims"]).unwrap_err();
+        assert_eq!(
+            e,
+            "compilation failed: expression nests 61 levels deep, the limit is 16"
+        );
+        let e = super::Expr::compile(&env, &format!("{}true", "true ? ".repeat(17)), &[])
+            .err()
+            .unwrap_or_default();
+        assert!(e.contains("nests 17 levels deep"), "{e}");
+        let long = format!("claims.sub == '{}'", "a".repeat(5000));
+        let e = super::Expr::compile(&env, &long, &["claims"]).unwrap_err();
+        assert!(e.contains("the limit is 4096"), "{e}");
+        // Brackets and question marks inside string literals do not count.
+        let quoted = format!(
+            "claims.sub == '{}' || claims.sub == \"{}\"",
+            "[(?".repeat(30),
+            "\\\"".repeat(3)
+        );
+        assert!(super::Expr::compile(&env, &quoted, &["claims"]).is_ok());
+        // At the limit it compiles and runs (on a generous stack: unoptimised test builds
+        // use far more stack per level than release builds).
+        std::thread::Builder::new()
+            .stack_size(256 << 20)
+            .spawn(move || {
+                let x = super::Expr::compile(&env, &nested(16), &[]).unwrap();
+                drop(x);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
     use super::*;
     use serde_json::json;
 
