@@ -294,8 +294,11 @@ async fn decide(
 }
 
 /// Decodes and checks apiVersion/kind, returning the review, the version to answer in, and
-/// the warnings to send.
-fn decode(
+/// the warnings to send (public for the fuzz targets).
+///
+/// # Errors
+/// A `Status` (400) naming what is wrong, or the Strict field-validation failure.
+pub fn decode(
     body: &[u8],
     default_version: ApiVersion,
     validation: FieldValidation,
