@@ -111,26 +111,32 @@ impl VerdictCache {
         out
     }
 
-    /// The cached verdict for `key`, or the result of `verify`, which runs at most once for
-    /// concurrent callers of one key. Returns whether the answer came from the cache.
+    /// The cached verdict for `key`, or the result of the future `verify` makes, which runs
+    /// at most once for concurrent callers of one key. Returns whether the answer came from
+    /// the cache. `verify` is only called on a miss, so a hit builds no verification future.
     ///
     /// # Errors
     /// `verify`'s error, shared by every coalesced caller and never cached.
     ///
     /// # Concurrent calls
     /// moka's `or_try_insert_with` coalesces: one caller runs `verify`, the others wait for it.
-    pub async fn get_or_verify<F>(
+    pub async fn get_or_verify<F, Fut>(
         &self,
         key: Key,
         verify: F,
     ) -> Result<(Arc<Cached>, bool), Arc<VerifyError>>
     where
-        F: Future<Output = Result<Arc<Cached>, VerifyError>>,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Arc<Cached>, VerifyError>>,
     {
         match &self.inner {
-            None => verify.await.map(|c| (c, false)).map_err(Arc::new),
+            None => verify().await.map(|c| (c, false)).map_err(Arc::new),
             Some(cache) => {
-                let entry = cache.entry(key).or_try_insert_with(verify).await?;
+                if let Some(hit) = cache.get(&key).await {
+                    return Ok((hit, true));
+                }
+                // Boxed: moka's insertion future is large and only misses need it.
+                let entry = Box::pin(cache.entry(key).or_try_insert_with(verify())).await?;
                 let hit = !entry.is_fresh();
                 Ok((entry.into_value(), hit))
             }
@@ -195,7 +201,7 @@ mod tests {
             negative_ttl: Duration::from_secs(10),
         });
         let err = cache
-            .get_or_verify([1; 32], async {
+            .get_or_verify([1; 32], || async {
                 Err(VerifyError::Unavailable {
                     verifier: "x".into(),
                     reason: "down".into(),
@@ -209,12 +215,12 @@ mod tests {
             ttl: Duration::from_secs(60),
         });
         let (_, hit) = cache
-            .get_or_verify([1; 32], async { Ok(ok.clone()) })
+            .get_or_verify([1; 32], || async { Ok(ok.clone()) })
             .await
             .unwrap();
         assert!(!hit);
         let (_, hit) = cache
-            .get_or_verify([1; 32], async { panic!("must not run") })
+            .get_or_verify([1; 32], || async { panic!("must not run") })
             .await
             .unwrap();
         assert!(hit);
@@ -234,11 +240,11 @@ mod tests {
             ttl: Duration::ZERO,
         });
         cache
-            .get_or_verify([2; 32], async { Ok(v.clone()) })
+            .get_or_verify([2; 32], || async { Ok(v.clone()) })
             .await
             .unwrap();
         let (_, hit) = cache
-            .get_or_verify([2; 32], async { Ok(v.clone()) })
+            .get_or_verify([2; 32], || async { Ok(v.clone()) })
             .await
             .unwrap();
         assert!(!hit);

@@ -91,7 +91,12 @@ pub async fn handle(
     let key = VerdictCache::key(&token, &review.spec.audiences);
     let verdict = app
         .cache
-        .get_or_verify(key, decide(app, &token, &review.spec.audiences))
+        // Boxed: the verification future (issuer fetches, TLS clients…) is large, and inline
+        // it would make every request's future as large (9 KiB, moved several times per
+        // HTTP/2 stream); a hit never builds it.
+        .get_or_verify(key, || {
+            Box::pin(decide(app, &token, &review.spec.audiences))
+        })
         .await;
     let (cached, hit) = match verdict {
         Ok(v) => v,

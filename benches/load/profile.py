@@ -20,6 +20,9 @@ import run  # noqa: E402
 N1, N2 = 300, 1300
 
 
+H2 = False
+
+
 def under_valgrind(tool, argv, port, n, conns, path, body, out, oha):
     flag = {"callgrind": "--callgrind-out-file", "dhat": "--dhat-out-file"}[tool]
     # Start-up (aws-lc's entropy gathering dominates it) is left out of the profile.
@@ -34,7 +37,10 @@ def under_valgrind(tool, argv, port, n, conns, path, body, out, oha):
         if tool == "callgrind":
             subprocess.run(["callgrind_control", "-i", "on", str(p.pid)], check=True, capture_output=True)
         argv_oha = [oha, "-n", str(n), "-c", str(conns), "--no-tui", "--insecure", "--output-format", "json",
-                    "-m", "POST", "-T", "application/json", "-d", body, f"https://127.0.0.1:{port}{path}"]
+                    "-m", "POST", "-T", "application/json", "-d", body]
+        if H2:
+            argv_oha += ["--http2", "-p", "4"]
+        argv_oha.append(f"https://127.0.0.1:{port}{path}")
         r = json.loads(subprocess.run(argv_oha, check=True, capture_output=True, text=True).stdout)
         bad = {c: k for c, k in r.get("statusCodeDistribution", {}).items() if not c.startswith("2")}
         if bad:
@@ -66,8 +72,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenario", default="hit", choices=["hit", "miss", "rs256", "es256", "eddsa"])
     ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--h2", action="store_true", help="HTTP/2 (4 streams per connection) instead of HTTP/1.1")
     ap.add_argument("--keep", help="copy tokenhook's callgrind output here (for callgrind_annotate --inclusive=yes)")
     a = ap.parse_args()
+    global H2
+    H2 = a.h2
     if not subprocess.run(["sh", "-c", "command -v valgrind"], capture_output=True).returncode == 0:
         sys.exit("valgrind is required (Debian package valgrind)")
     oha = run.ensure_oha()
@@ -94,7 +103,7 @@ def main():
     rows["tokenhook allocations, 1 connection"], _ = per_request("dhat", tokenhook, 1, path, body, st.work, "tokenhook", oha)
     rows["tokenhook allocations, 16 connections"], _ = per_request("dhat", tokenhook, 16, path, body, st.work, "tokenhook16", oha)
 
-    print(f"scenario {a.scenario}: cost of one request (N={N2}-{N1}, keep-alive HTTP/1.1)")
+    print(f"scenario {a.scenario}: cost of one request (N={N2}-{N1}, keep-alive {'HTTP/2' if H2 else 'HTTP/1.1'})")
     for k, v in rows.items():
         print(f"  {k:40s} {v:12.1f}")
     print(f"  {'instruction ratio tokenhook/floor':40s} {rows['tokenhook instructions'] / rows['floor instructions']:12.2f}")
