@@ -77,7 +77,17 @@ pub async fn read(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Byte
         return Err(Status::too_large(limit));
     }
     let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    match tokio::time::timeout(app.config.limits.body_read_timeout, limited.collect()).await {
+    let mut collect = std::pin::pin!(limited.collect());
+    // A TokenReview usually arrives with its head: take it without arming a timer (a timer
+    // entry per request costs more than the rest of the read).
+    let now = std::future::poll_fn(|cx| std::task::Poll::Ready(collect.as_mut().poll(cx))).await;
+    let read = match now {
+        std::task::Poll::Ready(r) => Ok(r),
+        std::task::Poll::Pending => {
+            tokio::time::timeout(app.config.limits.body_read_timeout, collect).await
+        }
+    };
+    match read {
         Err(_) => Err(Status::failure(
             408,
             Reason::Timeout,
