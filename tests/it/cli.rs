@@ -145,24 +145,13 @@ async fn sigterm_finishes_the_request_in_flight() {
     let c = admin_client(&dir, &base);
     let bob = token_of(&dir, "bob");
     let body = format!(r#"{{"apiVersion":"authentication.k8s.io/v1","spec":{{"token":"{bob}"}}}}"#);
-    let (head, tail) = body.split_at(body.len() / 2);
-
-    let mut tls = c.connect().await.unwrap();
-    tls.write_all(
-        format!(
-            "POST /apis/authentication.k8s.io/v1/tokenreviews HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{head}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    tls.flush().await.unwrap();
+    let half = body.len() / 2;
+    let mut tls = c.partial_review(body.as_bytes(), half).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     signal(&child, "-TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
     // Still draining: new connections are refused, ours completes.
-    tls.write_all(tail.as_bytes()).await.unwrap();
+    tls.write_all(&body.as_bytes()[half..]).await.unwrap();
     let mut resp = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut resp)).await;
     let resp = String::from_utf8_lossy(&resp);

@@ -4,8 +4,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request};
-use http_body_util::BodyExt;
-use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -257,9 +255,8 @@ async fn hostile_token_requests() {
 }
 
 /// A request body of `total` bytes sent in 64 KiB chunks with no length announced (HTTP/1.1
-/// chunked encoding; HTTP/2 without content-length).
-async fn unannounced_body(c: &Client, h2: bool, total: usize) -> Resp {
-    let tls = c.connect().await.unwrap();
+/// chunked encoding; HTTP/2 without content-length), on `c`'s protocol.
+async fn unannounced_body(c: &Client, total: usize) -> Resp {
     let (mut tx, body) = http_body_util::channel::Channel::<Bytes>::new(4);
     tokio::spawn(async move {
         let mut left = total;
@@ -276,28 +273,7 @@ async fn unannounced_body(c: &Client, h2: bool, total: usize) -> Resp {
         .header("content-type", "application/json")
         .body(body)
         .unwrap();
-    let resp = if h2 {
-        let (mut send, conn) = hyper::client::conn::http2::handshake(
-            hyper_util::rt::TokioExecutor::new(),
-            TokioIo::new(tls),
-        )
-        .await
-        .unwrap();
-        tokio::spawn(conn);
-        send.send_request(req).await.unwrap()
-    } else {
-        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        send.send_request(req).await.unwrap()
-    };
-    let (parts, body) = resp.into_parts();
-    Resp {
-        status: parts.status,
-        headers: parts.headers,
-        body: body.collect().await.unwrap().to_bytes(),
-    }
+    c.send(req).await.unwrap()
 }
 
 /// Writes `request` on a fresh HTTP/1.1 TLS connection and reads until the server closes it.
@@ -321,7 +297,7 @@ async fn hostile_framing_and_headers() {
     // Over the limit with no Content-Length: chunked (HTTP/1.1) and unannounced (HTTP/2).
     for h2 in [false, true] {
         let client = if h2 { c.http2() } else { c.clone() };
-        let r = unannounced_body(&client, h2, 4 << 20).await;
+        let r = unannounced_body(&client, 4 << 20).await;
         let v = status(&r, 413, if h2 { "h2 unannounced" } else { "chunked" });
         assert_eq!(v["message"], "Request entity too large: limit is 3145728");
     }
@@ -743,16 +719,7 @@ async fn idle_connections_beyond_the_limit_are_closed() {
         &[],
     ))
     .unwrap();
-    let mut tls = s.client().connect().await.unwrap();
-    tls.write_all(
-        format!(
-            "POST {V1} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
+    let mut tls = s.client().partial_review(&body, 0).await;
     for piece in body.chunks(body.len().div_ceil(6)) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         tls.write_all(piece).await.unwrap();

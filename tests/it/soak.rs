@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http::Method;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -16,6 +17,7 @@ use crate::support::{self, Ca, Client, Opts, replace_file, secrets};
 const V1: &str = "/apis/authentication.k8s.io/v1/tokenreviews";
 const BUILDER: &str = "/api/v1/namespaces/ci/serviceaccounts/builder/token";
 const SA_USER: &str = "system:serviceaccount:ci:builder";
+const JSON: (&str, &str) = ("content-type", "application/json");
 
 /// What the workers may assume about the token file's churning entries.
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -58,19 +60,11 @@ fn username(r: &Value) -> Option<&str> {
 
 /// One review; `Ok(username or None)` when answered, `Err` on transport failure.
 async fn review(c: &Client, token: &str, audiences: &[&str]) -> Result<Option<String>, String> {
-    let body = serde_json::to_vec(&support::review_body(
-        "authentication.k8s.io/v1",
-        token,
-        audiences,
-    ))
-    .unwrap();
-    let req = http::Request::post(format!("https://localhost{V1}"))
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
-        .unwrap();
-    secrets::secret(token);
-    let r = c.send(req).await.map_err(|e| e.to_string())?;
+    let body = support::review_body("authentication.k8s.io/v1", token, audiences);
+    let r = c
+        .try_request(Method::POST, V1, &[JSON], body.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
     if r.status != 201 {
         return Ok(Some(format!("HTTP {} {}", r.status, r.text())));
     }
@@ -79,14 +73,10 @@ async fn review(c: &Client, token: &str, audiences: &[&str]) -> Result<Option<St
 
 async fn mint(admin: &Client) -> Result<String, String> {
     let body = json!({"spec": {"audiences": ["vault"], "expirationSeconds": 600}});
-    let req = http::Request::post(format!("https://localhost{BUILDER}"))
-        .header("host", "localhost")
-        .header("content-type", "application/json")
-        .body(http_body_util::Full::new(bytes::Bytes::from(
-            body.to_string(),
-        )))
-        .unwrap();
-    let r = admin.send(req).await.map_err(|e| e.to_string())?;
+    let r = admin
+        .try_request(Method::POST, BUILDER, &[JSON], body.to_string())
+        .await
+        .map_err(|e| e.to_string())?;
     match r.json()["status"]["token"].as_str() {
         Some(t) if r.status == 201 => Ok(t.to_owned()),
         _ => Err(format!("mint answered {} {}", r.status, r.text())),
@@ -411,24 +401,13 @@ async fn soak_with_faults() {
         &[],
     ))
     .unwrap();
-    let mut slow = c.connect().await.unwrap();
-    let (first, rest) = body.split_at(body.len() / 2);
-    slow.write_all(
-        format!(
-            "POST {V1} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    slow.write_all(first).await.unwrap();
-    slow.flush().await.unwrap();
+    let half = body.len() / 2;
+    let mut slow = c.partial_review(&body, half).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     shared.term_sent.store(true, Ordering::SeqCst);
     support::dev::signal_pid(pid, "-TERM");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    slow.write_all(rest).await.unwrap();
+    slow.write_all(&body[half..]).await.unwrap();
     slow.flush().await.unwrap();
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut answer)).await;

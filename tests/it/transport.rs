@@ -125,19 +125,8 @@ async fn over_max_in_flight_is_429_with_retry_after() {
     })
     .await;
     let body = r#"{"apiVersion":"authentication.k8s.io/v1","spec":{"token":"bob-token"}}"#;
-    let (head, tail) = body.split_at(10);
     // One review holds the only slot while its body trickles in.
-    let mut slow = s.client().connect().await.unwrap();
-    slow.write_all(
-        format!(
-            "POST /apis/authentication.k8s.io/v1/tokenreviews HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{head}",
-            body.len()
-        )
-        .as_bytes(),
-    )
-    .await
-    .unwrap();
-    slow.flush().await.unwrap();
+    let mut slow = s.client().partial_review(body.as_bytes(), 10).await;
     let c = s.client();
     crate::assert_eventually!(
         10,
@@ -152,7 +141,7 @@ async fn over_max_in_flight_is_429_with_retry_after() {
     // Health and metrics are not API work: still answered.
     assert_eq!(c.get("/readyz").await.status, 200);
     // The held request completes, and the slot is free again.
-    slow.write_all(tail.as_bytes()).await.unwrap();
+    slow.write_all(&body.as_bytes()[10..]).await.unwrap();
     let mut buf = [0u8; 12];
     slow.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"HTTP/1.1 201");

@@ -424,7 +424,11 @@ impl Client {
     }
 
     /// One request on a fresh connection.
-    pub async fn send(&self, req: Request<Full<Bytes>>) -> std::io::Result<Resp> {
+    pub async fn send<B>(&self, req: Request<B>) -> std::io::Result<Resp>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         if let Some(t) = req
             .headers()
             .get("authorization")
@@ -486,6 +490,17 @@ impl Client {
         headers: &[(&str, &str)],
         body: impl Into<Bytes>,
     ) -> Resp {
+        self.try_request(method, path, headers, body).await.unwrap()
+    }
+
+    /// [`Client::request`], with transport failures returned instead of panicking.
+    pub async fn try_request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> std::io::Result<Resp> {
         let mut b = Request::builder()
             .method(method)
             .uri(format!("https://localhost:{}{path}", self.addr.port()));
@@ -501,7 +516,27 @@ impl Client {
                 secrets::secret(t);
             }
         }
-        self.send(b.body(Full::new(body)).unwrap()).await.unwrap()
+        self.send(b.body(Full::new(body)).unwrap()).await
+    }
+
+    /// A review left in flight: a new HTTP/1.1 connection carrying the request head
+    /// (`Content-Length` of all of `body`, `Connection: close`) and the first `sent` bytes of
+    /// `body`; the caller writes the rest.
+    pub async fn partial_review(
+        &self,
+        body: &[u8],
+        sent: usize,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        use tokio::io::AsyncWriteExt;
+        let mut tls = self.connect().await.unwrap();
+        let head = format!(
+            "POST /apis/authentication.k8s.io/v1/tokenreviews HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        tls.write_all(head.as_bytes()).await.unwrap();
+        tls.write_all(&body[..sent]).await.unwrap();
+        tls.flush().await.unwrap();
+        tls
     }
 
     pub async fn get(&self, path: &str) -> Resp {
