@@ -27,14 +27,14 @@ fn cache(c: &mut Criterion) {
         verifier: "static",
         ttl: Duration::from_secs(600),
     });
-    rt.block_on(cache.get_or_verify(key, || async { Ok(v.clone()) }))
+    rt.block_on(cache.get_or_verify(|| key, || async { Ok(v.clone()) }))
         .unwrap();
     c.bench_function("cache_key", |b| {
         b.iter(|| VerdictCache::key(std::hint::black_box(&token), &auds))
     });
     c.bench_function("cache_hit", |b| {
         b.iter(|| {
-            rt.block_on(cache.get_or_verify(key, || async { unreachable!("hit expected") }))
+            rt.block_on(cache.get_or_verify(|| key, || async { unreachable!("hit expected") }))
                 .unwrap()
         })
     });

@@ -51,7 +51,10 @@ fn main() {
                 verifier: "static",
                 ttl: Duration::from_secs(3600),
             });
-            cache.get_or_verify(key, || async { Ok(v) }).await.unwrap();
+            cache
+                .get_or_verify(|| key, || async { Ok(v) })
+                .await
+                .unwrap();
         }
         let entries = cache.settled_entry_count().await;
         let after = rss_kib();

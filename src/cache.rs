@@ -23,6 +23,11 @@ pub struct Cached {
 /// Cache key: SHA-256 over the token's digest and the requested audiences.
 pub type Key = [u8; 32];
 
+/// moka's own hasher is SipHash, a few hundred instructions per lookup for a key that is
+/// already a digest; foldhash, seeded at random per process, does it in a few dozen and
+/// still keeps an attacker who can choose digests from aiming them at one bucket.
+type Hasher = foldhash::quality::RandomState;
+
 struct PerEntry;
 
 impl Expiry<Key, Arc<Cached>> for PerEntry {
@@ -47,7 +52,7 @@ pub struct CacheConfig {
 /// The cache, or nothing when disabled. Clones share one cache.
 #[derive(Clone)]
 pub struct VerdictCache {
-    inner: Option<Cache<Key, Arc<Cached>>>,
+    inner: Option<Cache<Key, Arc<Cached>, Hasher>>,
     config: CacheConfig,
 }
 
@@ -78,8 +83,8 @@ impl VerdictCache {
                         };
                         counter.with_label_values(&[label]).inc();
                     })
-                    .build(),
-                None => builder.build(),
+                    .build_with_hasher(Hasher::default()),
+                None => builder.build_with_hasher(Hasher::default()),
             }
         });
         VerdictCache { inner, config }
@@ -111,27 +116,30 @@ impl VerdictCache {
         out
     }
 
-    /// The cached verdict for `key`, or the result of the future `verify` makes, which runs
-    /// at most once for concurrent callers of one key. Returns whether the answer came from
-    /// the cache. `verify` is only called on a miss, so a hit builds no verification future.
+    /// The cached verdict for the key `key` derives, or the result of the future `verify`
+    /// makes, which runs at most once for concurrent callers of one key. Returns whether the
+    /// answer came from the cache. `verify` is only called on a miss, so a hit builds no
+    /// verification future; `key` only when the cache is on, so no cache hashes nothing.
     ///
     /// # Errors
     /// `verify`'s error, shared by every coalesced caller and never cached.
     ///
     /// # Concurrent calls
     /// moka's `or_try_insert_with` coalesces: one caller runs `verify`, the others wait for it.
-    pub async fn get_or_verify<F, Fut>(
+    pub async fn get_or_verify<K, F, Fut>(
         &self,
-        key: Key,
+        key: K,
         verify: F,
     ) -> Result<(Arc<Cached>, bool), Arc<VerifyError>>
     where
+        K: FnOnce() -> Key,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Arc<Cached>, VerifyError>>,
     {
         match &self.inner {
             None => verify().await.map(|c| (c, false)).map_err(Arc::new),
             Some(cache) => {
+                let key = key();
                 if let Some(hit) = cache.get(&key).await {
                     return Ok((hit, true));
                 }
@@ -201,12 +209,15 @@ mod tests {
             negative_ttl: Duration::from_secs(10),
         });
         let err = cache
-            .get_or_verify([1; 32], || async {
-                Err(VerifyError::Unavailable {
-                    verifier: "x".into(),
-                    reason: "down".into(),
-                })
-            })
+            .get_or_verify(
+                || [1; 32],
+                || async {
+                    Err(VerifyError::Unavailable {
+                        verifier: "x".into(),
+                        reason: "down".into(),
+                    })
+                },
+            )
             .await;
         assert!(err.is_err());
         let ok = Arc::new(Cached {
@@ -215,12 +226,12 @@ mod tests {
             ttl: Duration::from_secs(60),
         });
         let (_, hit) = cache
-            .get_or_verify([1; 32], || async { Ok(ok.clone()) })
+            .get_or_verify(|| [1; 32], || async { Ok(ok.clone()) })
             .await
             .unwrap();
         assert!(!hit);
         let (_, hit) = cache
-            .get_or_verify([1; 32], || async { panic!("must not run") })
+            .get_or_verify(|| [1; 32], || async { panic!("must not run") })
             .await
             .unwrap();
         assert!(hit);
@@ -240,11 +251,11 @@ mod tests {
             ttl: Duration::ZERO,
         });
         cache
-            .get_or_verify([2; 32], || async { Ok(v.clone()) })
+            .get_or_verify(|| [2; 32], || async { Ok(v.clone()) })
             .await
             .unwrap();
         let (_, hit) = cache
-            .get_or_verify([2; 32], || async { Ok(v.clone()) })
+            .get_or_verify(|| [2; 32], || async { Ok(v.clone()) })
             .await
             .unwrap();
         assert!(!hit);

@@ -1,8 +1,11 @@
 //! Prometheus metrics: one registry per server (never the global one), label values from fixed sets only.
 
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Latency buckets from 50µs to 10s: a cache hit is tens of microseconds, an upstream call
@@ -47,6 +50,41 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     /// `tokenhook_connections_closed_total{reason}`.
     pub connections_closed: IntCounterVec,
+    /// The review path's series, resolved once.
+    hot: Arc<HotSeries>,
+}
+
+/// Routes whose series [`HotSeries`] keeps: every review arrives on one of them.
+const HOT_ROUTES: [&str; 2] = ["tokenreviews", "webhook"];
+/// Verifier labels (`AnyVerifier::kind` and "none"), in [`HotSeries::reviews`] order.
+const HOT_VERIFIERS: [&str; 4] = ["static", "service_account", "jwt", "none"];
+/// `tokenhook_reviews_total` outcomes, in [`HotSeries::reviews`] order.
+const OUTCOMES: [&str; 3] = ["authenticated", "unauthenticated", "error"];
+
+/// The children a review touches, each resolved on first use and then kept: a
+/// `with_label_values` call hashes its labels (SipHash) and takes the vector's read lock,
+/// four times per review, a few percent of a whole cache hit. Series appear in `/metrics`
+/// when first used, as they did before. Label values outside these fixed sets still work,
+/// through `with_label_values`.
+#[derive(Default)]
+struct HotSeries {
+    /// `requests{route, "201"}` per [`HOT_ROUTES`] entry.
+    created: [OnceLock<IntCounter>; 2],
+    /// `request_duration{route}` per [`HOT_ROUTES`] entry.
+    duration: [OnceLock<Histogram>; 2],
+    /// `cache_requests{hit}`.
+    cache_hit: OnceLock<IntCounter>,
+    /// `cache_requests{miss}`.
+    cache_miss: OnceLock<IntCounter>,
+    /// `reviews{verifier, outcome}` per [`HOT_VERIFIERS`] × [`OUTCOMES`].
+    reviews: [[OnceLock<IntCounter>; 3]; 4],
+    /// `verifier_duration{verifier}` per [`HOT_VERIFIERS`] entry.
+    verifier_duration: [OnceLock<Histogram>; 4],
+}
+
+/// The slot of `label` in `slots`, kept in the order of `set`.
+fn slot<'a, T>(set: &[&str], slots: &'a [T], label: &str) -> Option<&'a T> {
+    slots.get(set.iter().position(|s| *s == label)?)
 }
 
 /// Values of `tokenhook_connections_closed_total{reason}`.
@@ -161,6 +199,7 @@ impl Metrics {
                 "Connections closed, by reason: handshake_failed, handshake_timeout, idle, shutdown, ended (by the client or after an error).",
                 &["reason"],
             )?,
+            hot: Arc::default(),
             registry,
         };
         m.build_info
@@ -192,10 +231,126 @@ impl Metrics {
         out
     }
 
+    /// Counts one answered request on `route` (a route label) and observes its duration.
+    pub fn request_done(&self, route: &'static str, code: http::StatusCode, took: Duration) {
+        let created = (code == http::StatusCode::CREATED)
+            .then(|| slot(&HOT_ROUTES, &self.hot.created, route))
+            .flatten();
+        match created {
+            Some(c) => c
+                .get_or_init(|| self.requests.with_label_values(&[route, "201"]))
+                .inc(),
+            None => self
+                .requests
+                .with_label_values(&[route, code.as_str()])
+                .inc(),
+        }
+        let secs = took.as_secs_f64();
+        match slot(&HOT_ROUTES, &self.hot.duration, route) {
+            Some(h) => h
+                .get_or_init(|| self.request_duration.with_label_values(&[route]))
+                .observe(secs),
+            None => self
+                .request_duration
+                .with_label_values(&[route])
+                .observe(secs),
+        }
+    }
+
+    /// Counts one verdict cache lookup.
+    pub fn cache_lookup(&self, hit: bool) {
+        let (label, c) = if hit {
+            ("hit", &self.hot.cache_hit)
+        } else {
+            ("miss", &self.hot.cache_miss)
+        };
+        c.get_or_init(|| self.cache_requests.with_label_values(&[label]))
+            .inc();
+    }
+
+    /// Counts one review decided by `verifier` with `outcome`.
+    pub fn review(&self, verifier: &str, outcome: &str) {
+        let hot = slot(&HOT_VERIFIERS, &self.hot.reviews, verifier)
+            .and_then(|by_outcome| slot(&OUTCOMES, by_outcome, outcome));
+        match hot {
+            Some(c) => c
+                .get_or_init(|| self.reviews.with_label_values(&[verifier, outcome]))
+                .inc(),
+            None => self.reviews.with_label_values(&[verifier, outcome]).inc(),
+        }
+    }
+
+    /// Observes one verifier call of `took`.
+    pub fn verifier_took(&self, verifier: &str, took: Duration) {
+        let secs = took.as_secs_f64();
+        match slot(&HOT_VERIFIERS, &self.hot.verifier_duration, verifier) {
+            Some(h) => h
+                .get_or_init(|| self.verifier_duration.with_label_values(&[verifier]))
+                .observe(secs),
+            None => self
+                .verifier_duration
+                .with_label_values(&[verifier])
+                .observe(secs),
+        }
+    }
+
     /// Counts one reload of `source`.
     pub fn reloaded(&self, source: &str, ok: bool) {
         self.reloads
             .with_label_values(&[source, if ok { "success" } else { "failure" }])
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolved_series_are_the_labelled_ones() {
+        let m = Metrics::new().unwrap();
+        let ms = Duration::from_millis(1);
+        m.request_done("tokenreviews", http::StatusCode::CREATED, ms);
+        m.request_done("tokenreviews", http::StatusCode::CREATED, ms);
+        m.request_done("tokenreviews", http::StatusCode::BAD_REQUEST, ms);
+        m.request_done("jwks", http::StatusCode::OK, ms);
+        let count = |route: &str, code: &str| m.requests.with_label_values(&[route, code]).get();
+        assert_eq!(count("tokenreviews", "201"), 2);
+        assert_eq!(count("tokenreviews", "400"), 1);
+        assert_eq!(count("jwks", "200"), 1);
+        let observed = |route: &str| {
+            m.request_duration
+                .with_label_values(&[route])
+                .get_sample_count()
+        };
+        assert_eq!(observed("tokenreviews"), 3);
+        assert_eq!(observed("jwks"), 1);
+
+        m.cache_lookup(true);
+        m.cache_lookup(false);
+        m.cache_lookup(true);
+        assert_eq!(m.cache_requests.with_label_values(&["hit"]).get(), 2);
+        assert_eq!(m.cache_requests.with_label_values(&["miss"]).get(), 1);
+
+        m.review("jwt", "authenticated");
+        m.review("none", "error");
+        m.review("none", "error");
+        m.review("future_kind", "unauthenticated");
+        let reviews = |v: &str, o: &str| m.reviews.with_label_values(&[v, o]).get();
+        assert_eq!(reviews("jwt", "authenticated"), 1);
+        assert_eq!(reviews("none", "error"), 2);
+        assert_eq!(reviews("future_kind", "unauthenticated"), 1);
+
+        m.verifier_took("static", ms);
+        m.verifier_took("other", ms);
+        for v in ["static", "other"] {
+            let h = m.verifier_duration.with_label_values(&[v]);
+            assert_eq!(h.get_sample_count(), 1);
+            assert!((h.get_sample_sum() - 0.001).abs() < 1e-9);
+        }
+        // Resolving on first use: unused series are not exported.
+        let text = String::from_utf8(m.encode()).unwrap();
+        assert!(!text.contains("verifier=\"service_account\""));
+        assert!(!text.contains("route=\"webhook\""));
     }
 }

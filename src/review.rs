@@ -88,23 +88,20 @@ pub async fn handle(
     }
 
     let token = Token::new(review.spec.token.clone());
-    let key = VerdictCache::key(&token, &review.spec.audiences);
     let verdict = app
         .cache
         // Boxed: the verification future (issuer fetches, TLS clients…) is large, and inline
         // it would make every request's future as large (9 KiB, moved several times per
         // HTTP/2 stream); a hit never builds it.
-        .get_or_verify(key, || {
-            Box::pin(decide(app, &token, &review.spec.audiences))
-        })
+        .get_or_verify(
+            || VerdictCache::key(&token, &review.spec.audiences),
+            || Box::pin(decide(app, &token, &review.spec.audiences)),
+        )
         .await;
     let (cached, hit) = match verdict {
         Ok(v) => v,
         Err(e) => {
-            app.metrics
-                .reviews
-                .with_label_values(&["none", "error"])
-                .inc();
+            app.metrics.review("none", "error");
             tracing::warn!(
                 token = %token.digest().fingerprint(),
                 error = %e,
@@ -118,19 +115,13 @@ pub async fn handle(
             return status_response(&st, pretty);
         }
     };
-    app.metrics
-        .cache_requests
-        .with_label_values(&[if hit { "hit" } else { "miss" }])
-        .inc();
+    app.metrics.cache_lookup(hit);
     let outcome = if cached.status.authenticated {
         "authenticated"
     } else {
         "unauthenticated"
     };
-    app.metrics
-        .reviews
-        .with_label_values(&[cached.verifier, outcome])
-        .inc();
+    app.metrics.review(cached.verifier, outcome);
     tracing::info!(
         api_version = version.as_str(),
         verifier = cached.verifier,

@@ -297,10 +297,7 @@ impl Chain {
         for v in &self.verifiers {
             let started = Instant::now();
             let result = v.verify(token, now).await;
-            self.metrics
-                .verifier_duration
-                .with_label_values(&[v.kind()])
-                .observe(started.elapsed().as_secs_f64());
+            self.metrics.verifier_took(v.kind(), started.elapsed());
             match result? {
                 Outcome::NotMine => continue,
                 outcome => {
