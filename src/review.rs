@@ -45,15 +45,27 @@ pub fn audiences(spec: &[String], api: &[String], token: Option<&[String]>) -> O
     (!both.is_empty()).then_some(both)
 }
 
+/// What the router already knows of a request, so that the review does not work it out again.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// When the request head arrived (for the log line's latency).
+    pub started: Instant,
+    /// The User-Agent asks for pretty JSON by default (kube's curl/Wget rule).
+    pub pretty_hint: bool,
+}
+
 /// Answers one TokenReview POST. `default_version` is the path's, used when the body names none.
 pub async fn handle(
     app: &Arc<App>,
     conn: &ConnInfo,
     req: Request<Incoming>,
     default_version: ApiVersion,
+    arrival: Arrival,
 ) -> Response<Body> {
-    let started = Instant::now();
-    let pretty_hint = body::user_agent_wants_pretty(req.headers());
+    let Arrival {
+        started,
+        pretty_hint,
+    } = arrival;
     if let Err(st) = app
         .callers
         .check(conn.client_cert.as_ref(), req.headers(), "tokenreviews")

@@ -773,11 +773,14 @@ async fn connection(
             let busy = activity.begin();
             let app = app.clone();
             let conn = conn.clone();
-            async move {
+            // Boxed once here: hyper moves a stream's future several times before it runs
+            // (into the HTTP/2 stream task, then tokio's task cell), and a pointer is cheaper
+            // to move than the request's whole state.
+            Box::pin(async move {
                 let response = routes::handle(app, conn, req).await;
                 drop(busy);
                 Ok::<_, Infallible>(response)
-            }
+            })
         })
     };
     let served = builder.serve_connection(TokioIo::new(stream), svc);

@@ -126,7 +126,12 @@ pub async fn handle(app: Arc<App>, conn: Arc<ConnInfo>, req: Request<Incoming>) 
     let span = tracing::info_span!("request", id = %id);
     let mut r = route_request(app, conn, req).instrument(span).await;
     // The id's own buffer becomes the header value: no copy.
-    if let Ok(v) = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(id)) {
+    if let Ok(mut v) = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(id)) {
+        // Unique per response, so HTTP/2's HPACK must not index it: indexing made the
+        // encoder search and churn its dynamic table on every response (about 5k
+        // instructions, counted with benches/load/profile.py --h2). Sensitive values are
+        // sent as never-indexed literals.
+        v.set_sensitive(true);
         r.headers_mut().insert(X_REQUEST_ID, v);
     }
     r
@@ -141,6 +146,10 @@ async fn route_request(
     let path = req.uri().path().to_owned();
     let route = Route::of(&app, &path);
     let pretty_hint = super::body::user_agent_wants_pretty(req.headers());
+    let arrival = review::Arrival {
+        started,
+        pretty_hint,
+    };
     // The metrics listener serves metrics and health only; with one configured, the main
     // listener does not serve metrics.
     let route = match (conn.metrics_only, route) {
@@ -167,8 +176,10 @@ async fn route_request(
         _ => None,
     };
     let response = match (route, req.method()) {
-        (Route::Review(v), &Method::POST) => review::handle(&app, &conn, req, v).await,
-        (Route::Webhook, &Method::POST) => review::handle(&app, &conn, req, ApiVersion::V1).await,
+        (Route::Review(v), &Method::POST) => review::handle(&app, &conn, req, v, arrival).await,
+        (Route::Webhook, &Method::POST) => {
+            review::handle(&app, &conn, req, ApiVersion::V1, arrival).await
+        }
         // Rare routes with large futures are boxed so that the review path's stays small.
         (Route::Mint { namespace, name }, &Method::POST) => {
             Box::pin(crate::mint::handler::handle(

@@ -608,7 +608,7 @@ struct Header {
 /// The verifier: issuers by URL, swapped whole when their configuration reloads.
 #[derive(Clone)]
 pub struct Jwt {
-    issuers: Arc<ArcSwap<HashMap<String, Arc<JwtIssuer>>>>,
+    issuers: Arc<ArcSwap<IssuerIndex>>,
     cel: Arc<CelEnv>,
     /// Metric label.
     pub kind: &'static str,
@@ -650,7 +650,11 @@ impl Jwt {
     }
 }
 
-fn index(issuers: Vec<JwtIssuer>) -> HashMap<String, Arc<JwtIssuer>> {
+/// Issuers by URL. foldhash, seeded per process, rather than SipHash: one lookup per JWT
+/// review, and the URL is the token's unverified `iss`, so still not a predictable hash.
+type IssuerIndex = HashMap<String, Arc<JwtIssuer>, foldhash::quality::RandomState>;
+
+fn index(issuers: Vec<JwtIssuer>) -> IssuerIndex {
     issuers
         .into_iter()
         .map(|i| (i.url.clone(), Arc::new(i)))
