@@ -87,11 +87,11 @@ pub async fn handle(
         Err(st) => return status_response(&st, pretty_hint),
     };
     let pretty = options.pretty.unwrap_or(pretty_hint);
-    let (review, version, warnings) = match decode(&body, default_version, options.field_validation)
-    {
-        Ok(d) => d,
-        Err(st) => return status_response(&st, pretty),
-    };
+    let (mut review, version, warnings) =
+        match decode(&body, default_version, options.field_validation) {
+            Ok(d) => d,
+            Err(st) => return status_response(&st, pretty),
+        };
     if review.spec.token.is_empty() {
         return status_response(
             &Status::bad_request("token is required for TokenReview in authentication"),
@@ -99,7 +99,8 @@ pub async fn handle(
         );
     }
 
-    let token = Token::new(review.spec.token.clone());
+    // Moved out for the verifiers and back in for the echo: no copy of the token.
+    let token = Token::new(std::mem::take(&mut review.spec.token));
     let verdict = app
         .cache
         // Boxed: the verification future (issuer fetches, TLS clients…) is large, and inline
@@ -145,6 +146,7 @@ pub async fn handle(
         "review"
     );
 
+    review.spec.token = token.into_raw();
     let mut r = json(
         StatusCode::CREATED,
         codec::encode(&review.respond(version, &cached.status), pretty),

@@ -48,7 +48,7 @@ impl fmt::Debug for Digest {
 /// A bearer token under review. `Debug` prints only its fingerprint.
 pub struct Token {
     raw: String,
-    /// Computed on first use: a cache hit never needs it (its key hashes the token itself).
+    /// Computed on first use, then shared by the cache key, the verifiers and log lines.
     digest: std::sync::OnceLock<Digest>,
 }
 
@@ -64,6 +64,11 @@ impl Token {
     /// The token itself: for verifiers only, never for logs.
     pub fn expose(&self) -> &str {
         &self.raw
+    }
+
+    /// The token back, once reviewed (the answer echoes it).
+    pub fn into_raw(self) -> String {
+        self.raw
     }
 
     /// Its SHA-256 (computed once).
