@@ -1,6 +1,9 @@
 //! Memory of the verdict cache: fills it with N distinct verdicts (as N distinct static tokens would) and prints the resident set size before and after.
 //!
-//! `cargo run --release --example cache_rss -- 1000000`
+//! `cargo run --release --example cache_rss -- 1000000 [--one-verdict]`
+//!
+//! `--one-verdict` caches one shared verdict under every key, so that what remains is the
+//! cost of the cache itself (moka's entry, its expiry timer and the key).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
@@ -29,6 +32,12 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let one_verdict = std::env::args().any(|a| a == "--one-verdict");
+    let shared = Arc::new(Cached {
+        status: TokenReviewStatus::authenticated(UserInfo::default(), vec![]),
+        verifier: "static",
+        ttl: Duration::from_secs(3600),
+    });
     rt.block_on(async {
         let cache = VerdictCache::new(CacheConfig {
             enabled: true,
@@ -40,6 +49,14 @@ fn main() {
         let auds = vec!["https://kubernetes.default.svc".to_string()];
         for i in 0..n {
             let key = VerdictCache::key(&Token::new(format!("token-{i}")), &auds);
+            if one_verdict {
+                let v = shared.clone();
+                cache
+                    .get_or_verify(|| key, || async { Ok(v) })
+                    .await
+                    .unwrap();
+                continue;
+            }
             let user = UserInfo {
                 username: format!("user-{}", i % 1000),
                 uid: format!("uid-{}", i % 1000),
@@ -60,6 +77,7 @@ fn main() {
         let after = rss_kib();
         let json = serde_json::json!({
             "entries": entries,
+            "one_verdict": one_verdict,
             "rss_before_kib": before,
             "rss_after_kib": after,
             "bytes_per_entry": ((after - before) * 1024) / entries.max(1),

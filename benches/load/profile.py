@@ -8,9 +8,11 @@ Usage (from the repository root):
 Each server runs under valgrind twice, answering N1 and then N2 identical requests from oha
 (keep-alive HTTP/1.1); (total(N2) - total(N1)) / (N2 - N1) is the cost of one request with
 start-up, TLS handshakes and shutdown cancelled out. Allocations are counted at 1 and at 16
-connections: equal counts mean nothing on the path grows with concurrency. The functions
-with the most instructions of their own (tokenhook, N2 run) are listed last. Instruction
-counts do not depend on what else the machine is doing.
+connections: equal counts mean nothing on the path grows with concurrency. For the JWT
+scenarios the floor also verifies the signature with raw aws-lc-rs. Last come the
+functions whose own instructions per request differ most between tokenhook and the floor.
+Instruction counts do not depend on what else the machine is doing. --instructions-only
+skips the allocation counts.
 """
 import argparse, json, os, re, signal, subprocess, sys
 
@@ -60,12 +62,33 @@ def under_valgrind(tool, argv, port, n, conns, path, body, out, oha):
 
 
 def per_request(tool, argv_for_port, n_conns, path, body, work, label, oha):
-    totals = []
+    totals, outs = [], []
     for n in (N1, N2):
         port = run.free_port()
         out = os.path.join(work, f"{tool}.{label}.{n}.{n_conns}.out")
         totals.append(under_valgrind(tool, argv_for_port(port), port, n, n_conns, path, body, out, oha))
-    return (totals[1] - totals[0]) / (N2 - N1), out
+        outs.append(out)
+    return (totals[1] - totals[0]) / (N2 - N1), outs
+
+
+def own_by_function(out):
+    """Instructions of each function's own code in one callgrind output."""
+    ann = subprocess.run(["callgrind_annotate", "--inclusive=no", "--auto=no", "--threshold=100", out],
+                         capture_output=True, text=True).stdout
+    by = {}
+    for line in ann.splitlines():
+        m = re.match(r"\s*([\d,]+) \(\s*([\d.]+)%\)\s+(\S.*)", line)
+        if m and "PROGRAM TOTALS" not in line:
+            name = m.group(3)
+            name = re.sub(r"^.*?:", "", name, count=1) if ":" in name else name
+            name = re.sub(r" \[[^]]*\]$", "", name)
+            by[name] = by.get(name, 0) + int(m.group(1).replace(",", ""))
+    return by
+
+
+def per_request_by_function(outs):
+    small, large = own_by_function(outs[0]), own_by_function(outs[1])
+    return {k: (large.get(k, 0) - small.get(k, 0)) / (N2 - N1) for k in set(small) | set(large)}
 
 
 def main():
@@ -73,6 +96,7 @@ def main():
     ap.add_argument("--scenario", default="hit", choices=["hit", "miss", "rs256", "es256", "eddsa"])
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--h2", action="store_true", help="HTTP/2 (4 streams per connection) instead of HTTP/1.1")
+    ap.add_argument("--instructions-only", action="store_true", help="callgrind only, no DHAT runs")
     ap.add_argument("--keep", help="copy tokenhook's callgrind output here (for callgrind_annotate --inclusive=yes)")
     a = ap.parse_args()
     global H2
@@ -82,6 +106,7 @@ def main():
     oha = run.ensure_oha()
     st = run.Setup()
     path = "/apis/authentication.k8s.io/v1/tokenreviews"
+    alg = None
     if a.scenario in ("hit", "miss"):
         body, kw = run.review(st.alice), dict(cache=a.scenario == "hit")
     else:
@@ -97,28 +122,33 @@ def main():
         return [st.tokenhook, "serve", "--config", cfg]
 
     rows = {}
-    rows["floor instructions"], _ = per_request("callgrind", st.floor_argv, 1, path, body, st.work, "floor", oha)
-    rows["tokenhook instructions"], th_out = per_request("callgrind", tokenhook, 1, path, body, st.work, "tokenhook", oha)
-    rows["floor allocations, 1 connection"], _ = per_request("dhat", st.floor_argv, 1, path, body, st.work, "floor", oha)
-    rows["tokenhook allocations, 1 connection"], _ = per_request("dhat", tokenhook, 1, path, body, st.work, "tokenhook", oha)
-    rows["tokenhook allocations, 16 connections"], _ = per_request("dhat", tokenhook, 16, path, body, st.work, "tokenhook16", oha)
+    # The floor answers with the status tokenhook gives, so both write the same bytes.
+    status = st.status_file("profile", kw, body)
+
+    # For JWT misses the floor also checks the signature with raw aws-lc-rs (--verify): the
+    # difference is then what tokenhook adds beyond TLS, HTTP, JSON and the signature itself.
+    def floor(port):
+        return st.floor_argv(port, verify=alg, status=status)
+
+    rows["floor instructions"], floor_outs = per_request("callgrind", floor, 1, path, body, st.work, "floor", oha)
+    rows["tokenhook instructions"], th_outs = per_request("callgrind", tokenhook, 1, path, body, st.work, "tokenhook", oha)
+    if not a.instructions_only:
+        rows["floor allocations, 1 connection"], _ = per_request("dhat", floor, 1, path, body, st.work, "floor", oha)
+        rows["tokenhook allocations, 1 connection"], _ = per_request("dhat", tokenhook, 1, path, body, st.work, "tokenhook", oha)
+        rows["tokenhook allocations, 16 connections"], _ = per_request("dhat", tokenhook, 16, path, body, st.work, "tokenhook16", oha)
 
     print(f"scenario {a.scenario}: cost of one request (N={N2}-{N1}, keep-alive {'HTTP/2' if H2 else 'HTTP/1.1'})")
     for k, v in rows.items():
         print(f"  {k:40s} {v:12.1f}")
     print(f"  {'instruction ratio tokenhook/floor':40s} {rows['tokenhook instructions'] / rows['floor instructions']:12.2f}")
-    print(f"\ntokenhook, functions by own instructions (N={N2} requests, per request):")
-    ann = subprocess.run(["callgrind_annotate", "--inclusive=no", th_out], capture_output=True, text=True).stdout
-    shown = 0
-    for line in ann.splitlines():
-        m = re.match(r"\s*([\d,]+) \(\s*([\d.]+)%\)\s+(\S.*)", line)
-        if m and shown < a.top and "PROGRAM TOTALS" not in line:
-            ir = int(m.group(1).replace(",", ""))
-            name = re.sub(r"^.*?:", "", m.group(3), count=1) if ":" in m.group(3) else m.group(3)
-            print(f"  {ir / N2:10.0f}  {m.group(2):>5}%  {name[:150]}")
-            shown += 1
+    # Per function and per request, as the totals: (N2 run - N1 run) / (N2 - N1).
+    th, fl = per_request_by_function(th_outs), per_request_by_function(floor_outs)
+    print(f"\nfunctions by own instructions per request: tokenhook, floor, difference (largest differences first)")
+    for name in sorted(set(th) | set(fl), key=lambda k: -abs(th.get(k, 0) - fl.get(k, 0)))[:a.top]:
+        t, f = th.get(name, 0), fl.get(name, 0)
+        print(f"  {t:9.0f} {f:9.0f} {t - f:+9.0f}  {name[:140]}")
     if a.keep:
-        subprocess.run(["cp", th_out, a.keep], check=True)
+        subprocess.run(["cp", th_outs[1], a.keep], check=True)
     subprocess.run(["rm", "-rf", st.work])
 
 

@@ -39,10 +39,12 @@ def b64(b):
 
 
 def jwt_material(alg, issuer):
-    """A private key, its public JWK and a token signed with it (Python's cryptography, not tokenhook)."""
+    """A private key's public JWK, a token signed with it (Python's cryptography, not tokenhook),
+    and the public key in the form aws-lc-rs takes (for the floor's raw verify)."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
     from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
     now = int(time.time())
     header = {"alg": alg, "kid": alg.lower(), "typ": "JWT"}
     claims = {"iss": issuer, "aud": "bench", "sub": "bench-user", "iat": now, "exp": now + 7200}
@@ -52,19 +54,21 @@ def jwt_material(alg, issuer):
         n = k.public_key().public_numbers()
         jwk = {"kty": "RSA", "n": b64(n.n.to_bytes(256, "big")), "e": b64(n.e.to_bytes(3, "big"))}
         sig = k.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        raw = k.public_key().public_bytes(Encoding.DER, PublicFormat.PKCS1)
     elif alg == "ES256":
         k = ec.generate_private_key(ec.SECP256R1())
         n = k.public_key().public_numbers()
         jwk = {"kty": "EC", "crv": "P-256", "x": b64(n.x.to_bytes(32, "big")), "y": b64(n.y.to_bytes(32, "big"))}
         r, s = decode_dss_signature(k.sign(signing_input, ec.ECDSA(hashes.SHA256())))
         sig = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+        raw = k.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
     else:
         k = ed25519.Ed25519PrivateKey.generate()
-        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-        jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64(k.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))}
+        raw = k.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64(raw)}
         sig = k.sign(signing_input)
     jwk.update({"kid": alg.lower(), "alg": alg, "use": "sig"})
-    return jwk, signing_input.decode() + "." + b64(sig)
+    return jwk, signing_input.decode() + "." + b64(sig), raw
 
 
 def free_port():
@@ -168,10 +172,31 @@ class Setup:
         self.issuer = "https://issuer.bench.example"
         self.jwts = {alg: jwt_material(alg, self.issuer) for alg in ("RS256", "ES256", "EdDSA")}
         with open(os.path.join(dev, "bench-jwks.json"), "w") as f:
-            json.dump({"keys": [j for j, _ in self.jwts.values()]}, f)
+            json.dump({"keys": [j for j, _, _ in self.jwts.values()]}, f)
+        for alg, (_, _, raw) in self.jwts.items():
+            with open(os.path.join(dev, f"bench-{alg}.pub"), "wb") as f:
+                f.write(raw)
 
-    def floor_argv(self, port):
-        return [self.floor, "--listen", f"127.0.0.1:{port}", "--cert", os.path.join(self.dev, "server.crt"), "--key", os.path.join(self.dev, "server.key")]
+    def floor_argv(self, port, verify=None, status=None):
+        argv = [self.floor, "--listen", f"127.0.0.1:{port}", "--cert", os.path.join(self.dev, "server.crt"), "--key", os.path.join(self.dev, "server.key")]
+        if status:
+            argv += ["--status", status]
+        if verify:
+            argv += ["--verify", verify, "--public-key", os.path.join(self.dev, f"bench-{verify}.pub")]
+        return argv
+
+    def status_file(self, name, cfg, body):
+        """The status tokenhook answers `body` with under `cfg`, written for the floor's --status."""
+        cfg_path, port = self.config(f"{name}-status", **cfg)
+        srv = Server([self.tokenhook, "serve", "--config", cfg_path], port)
+        try:
+            code, text = probe(port, "/apis/authentication.k8s.io/v1/tokenreviews", body, [])
+        finally:
+            srv.stop()
+        path = os.path.join(self.dev, f"{name}-status.json")
+        with open(path, "w") as f:
+            json.dump(json.loads(text)["status"], f)
+        return path
 
     def config(self, name, cache=True, jwt=False, mint=False):
         port = free_port()
@@ -213,8 +238,8 @@ def main():
         for h2 in (False, True):
             scenarios.append(("a: cache hit, static", dict(cache=True), review(alice), conns, h2, True, "/apis/authentication.k8s.io/v1/tokenreviews", []))
     scenarios.append(("b: cache miss, static", dict(cache=False), review(alice), 16, False, True, "/apis/authentication.k8s.io/v1/tokenreviews", []))
-    for alg, (_, tok) in jwts.items():
-        scenarios.append((f"c: cache miss, JWT {alg}", dict(cache=False, jwt=True), review(tok), 16, False, True, "/apis/authentication.k8s.io/v1/tokenreviews", []))
+    for alg, (_, tok, _) in jwts.items():
+        scenarios.append((f"c: cache miss, JWT {alg}", dict(cache=False, jwt=True, alg=alg), review(tok), 16, False, True, "/apis/authentication.k8s.io/v1/tokenreviews", []))
     scenarios.append(("d: mint TokenRequest", dict(mint=True), json.dumps({"spec": {"audiences": ["vault"]}}), 16, False, True,
                       "/api/v1/namespaces/default/serviceaccounts/default/token", [f"Authorization: Bearer {alice}"]))
     scenarios.append(("e: new TLS connection per request", dict(cache=True), review(alice), 16, False, False, "/apis/authentication.k8s.io/v1/tokenreviews", []))
@@ -222,10 +247,18 @@ def main():
     results = []
     for i, (name, cfg, body, conns, h2, keepalive, path, headers) in enumerate(scenarios):
         row = {"scenario": name, "connections": conns, "protocol": "h2" if h2 else "http/1.1", "keepalive": keepalive}
-        for who in ("floor", "tokenhook"):
-            if who == "floor":
+        cfg = dict(cfg)
+        alg = cfg.pop("alg", None)
+        # JWT misses also run the floor plus the raw aws-lc-rs verify: the target's bound,
+        # 1 / (floor cost + raw verify cost), measured in one server.
+        servers = ("floor", "floor_verify", "tokenhook") if alg else ("floor", "tokenhook")
+        # The floor answers with the very status tokenhook gives for this body, so both write
+        # the same response bytes.
+        status = st.status_file(f"bench{i}", cfg, body) if "tokenreviews" in path else None
+        for who in servers:
+            if who.startswith("floor"):
                 port = free_port()
-                srv = Server(st.floor_argv(port), port)
+                srv = Server(st.floor_argv(port, alg if who == "floor_verify" else None, status), port)
             else:
                 cfg_path, port = config(f"bench{i}", **cfg)
                 srv = Server([tokenhook, "serve", "--config", cfg_path], port)
@@ -239,14 +272,17 @@ def main():
             r["peak_rss_mib"] = round(r_rss / 1024, 1)
             r["ready_ms"] = round(srv.ready_ms, 1)
             row[who] = r
-        for who in ("floor", "tokenhook"):
+        for who in servers:
             bad = {c: n for c, n in row[who]["status"].items() if not c.startswith("2")}
             if bad:
                 sys.exit(f"{name}: {who} answered {bad}: the scenario is misconfigured, not measured")
         row["throughput_ratio"] = row["tokenhook"]["rps"] / row["floor"]["rps"]
         row["p99_ratio"] = row["tokenhook"]["p99_ms"] / max(row["floor"]["p99_ms"], 1e-9)
+        if alg:
+            row["bound_ratio"] = row["tokenhook"]["rps"] / row["floor_verify"]["rps"]
         results.append(row)
-        print(f"{name} c={conns} {row['protocol']}: tokenhook {row['tokenhook']['rps']:.0f}/s floor {row['floor']['rps']:.0f}/s ratio {row['throughput_ratio']:.2f}", file=sys.stderr)
+        extra = f", floor+verify {row['floor_verify']['rps']:.0f}/s ratio {row['bound_ratio']:.2f}" if alg else ""
+        print(f"{name} c={conns} {row['protocol']}: tokenhook {row['tokenhook']['rps']:.0f}/s floor {row['floor']['rps']:.0f}/s ratio {row['throughput_ratio']:.2f}{extra}", file=sys.stderr)
 
     meta = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "seconds_per_run": a.seconds,
             "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")}
@@ -257,6 +293,13 @@ def main():
     for r in results:
         t, fl = r["tokenhook"], r["floor"]
         print(f"| {r['scenario']} | {r['connections']} | {r['protocol']}{'' if r['keepalive'] else ', no keep-alive'} | {t['rps']:.0f} | {fl['rps']:.0f} | {r['throughput_ratio']:.2f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} ({fl['p99_ms']:.2f}) | {t['p999_ms']:.2f} | {t['peak_rss_mib']} |")
+    print()
+    print("| JWT cache miss | tokenhook req/s | floor + raw verify req/s | ratio | p99 ms (floor + raw verify) |")
+    print("|---|---|---|---|---|")
+    for r in results:
+        if "bound_ratio" in r:
+            t, fv = r["tokenhook"], r["floor_verify"]
+            print(f"| {r['scenario'].rsplit(' ', 1)[1]} | {t['rps']:.0f} | {fv['rps']:.0f} | {r['bound_ratio']:.2f} | {t['p99_ms']:.2f} ({fv['p99_ms']:.2f}) |")
     shutil.rmtree(work, ignore_errors=True)
 
 
