@@ -22,11 +22,14 @@ fn cache(c: &mut Criterion) {
     let auds = vec!["https://kubernetes.default.svc".to_string()];
     let token = Token::new("a-token-of-typical-length-0123456789abcdef".into());
     let key = VerdictCache::key(&token, &auds);
-    let v = Arc::new(Cached {
-        status: TokenReviewStatus::unauthenticated(),
-        verifier: "static",
-        ttl: Duration::from_secs(600),
-    });
+    let v = Arc::new(
+        Cached::new(
+            &TokenReviewStatus::unauthenticated(),
+            "static",
+            Duration::from_secs(600),
+        )
+        .unwrap(),
+    );
     rt.block_on(cache.get_or_verify(|| key, || async { Ok(v.clone()) }))
         .unwrap();
     c.bench_function("cache_key", |b| {

@@ -33,11 +33,14 @@ fn main() {
         .build()
         .unwrap();
     let one_verdict = std::env::args().any(|a| a == "--one-verdict");
-    let shared = Arc::new(Cached {
-        status: TokenReviewStatus::authenticated(UserInfo::default(), vec![]),
-        verifier: "static",
-        ttl: Duration::from_secs(3600),
-    });
+    let shared = Arc::new(
+        Cached::new(
+            &TokenReviewStatus::authenticated(UserInfo::default(), vec![]),
+            "static",
+            Duration::from_secs(3600),
+        )
+        .unwrap(),
+    );
     rt.block_on(async {
         let cache = VerdictCache::new(CacheConfig {
             enabled: true,
@@ -63,11 +66,14 @@ fn main() {
                 groups: vec!["developers".into(), "viewers".into()],
                 ..UserInfo::default()
             };
-            let v = Arc::new(Cached {
-                status: TokenReviewStatus::authenticated(user, vec![]),
-                verifier: "static",
-                ttl: Duration::from_secs(3600),
-            });
+            let v = Arc::new(
+                Cached::new(
+                    &TokenReviewStatus::authenticated(user, vec![]),
+                    "static",
+                    Duration::from_secs(3600),
+                )
+                .unwrap(),
+            );
             cache
                 .get_or_verify(|| key, || async { Ok(v) })
                 .await

@@ -76,8 +76,9 @@ fn main() {
         let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
         println!("floor listening on {}", listener.local_addr().unwrap());
         // The answer: `--status FILE` (a TokenReviewStatus as JSON, so that the floor writes
-        // the same bytes as the server it is compared with), or a built-in one.
-        let status = Arc::new(match opt_arg("--status") {
+        // the same bytes as the server it is compared with), or a built-in one. Serialised
+        // once, as tokenhook's cached verdicts are, and written verbatim.
+        let status: TokenReviewStatus = match opt_arg("--status") {
             Some(path) => serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap(),
             None => TokenReviewStatus::authenticated(
                 UserInfo {
@@ -88,8 +89,11 @@ fn main() {
                 },
                 vec![],
             ),
-        });
-        let denied = Arc::new(TokenReviewStatus::unauthenticated());
+        };
+        let status = Arc::new(serde_json::value::to_raw_value(&status).unwrap());
+        let denied = Arc::new(
+            serde_json::value::to_raw_value(&TokenReviewStatus::unauthenticated()).unwrap(),
+        );
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new());
         builder
@@ -120,7 +124,7 @@ fn main() {
                             Some(key) if !raw_verify(key, &review.spec.token) => &denied,
                             _ => &status,
                         };
-                        let out = codec::encode(&review.respond(ApiVersion::V1, answer), false);
+                        let out = codec::encode(&review.respond(ApiVersion::V1, &**answer), false);
                         let mut r = hyper::Response::new(Full::new(Bytes::from(out)));
                         *r.status_mut() = hyper::StatusCode::CREATED;
                         r.headers_mut().insert(

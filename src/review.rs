@@ -129,7 +129,7 @@ pub async fn handle(
         }
     };
     app.metrics.cache_lookup(hit);
-    let outcome = if cached.status.authenticated {
+    let outcome = if cached.authenticated {
         "authenticated"
     } else {
         "unauthenticated"
@@ -147,10 +147,14 @@ pub async fn handle(
     );
 
     review.spec.token = token.into_raw();
-    let mut r = json(
-        StatusCode::CREATED,
-        codec::encode(&review.respond(version, &cached.status), pretty),
-    );
+    // The cached status is compact JSON, written as it is; a pretty answer decodes it again
+    // so that it is indented like the rest.
+    let decoded = if pretty { cached.status().ok() } else { None };
+    let out = match decoded {
+        Some(status) => codec::encode(&review.respond(version, &status), true),
+        None => codec::encode(&review.respond(version, cached.status_json()), pretty),
+    };
+    let mut r = json(StatusCode::CREATED, out);
     body::add_warnings(&mut r, &warnings);
     r
 }
@@ -242,12 +246,8 @@ async fn decide(
     let now = app.clock.now();
     let decision = app.chain.verify(token, now).await?;
     let cfg = app.cache.config();
-    let negative = |status: TokenReviewStatus| Cached {
-        status,
-        verifier: decision.verifier,
-        ttl: cfg.negative_ttl,
-    };
-    let cached = match decision.outcome {
+    let negative = |status: TokenReviewStatus| (status, cfg.negative_ttl);
+    let (status, ttl) = match decision.outcome {
         Outcome::Authenticated(id) => {
             // Agnostic identities go by the configured API audiences alone (none: valid
             // behind any apiserver); bound ones default to what minted tokens default to.
@@ -260,11 +260,7 @@ async fn decide(
                     let ttl = id
                         .expires_at
                         .map_or(cfg.ttl, |exp| cfg.ttl.min(now.until(exp)));
-                    Cached {
-                        status: TokenReviewStatus::authenticated(id.user, auds),
-                        verifier: decision.verifier,
-                        ttl,
-                    }
+                    (TokenReviewStatus::authenticated(id.user, auds), ttl)
                 }
                 None => {
                     app.metrics
@@ -300,6 +296,13 @@ async fn decide(
         }
         Outcome::NotMine => negative(TokenReviewStatus::unauthenticated()),
     };
+    // Serialising our own status cannot fail; were it to, "could not check" (never cached,
+    // retried) is the safe answer.
+    let cached =
+        Cached::new(&status, decision.verifier, ttl).map_err(|e| VerifyError::Unavailable {
+            verifier: decision.verifier.to_string(),
+            reason: format!("the verdict could not be encoded: {e}"),
+        })?;
     Ok(Arc::new(cached))
 }
 

@@ -183,9 +183,12 @@ impl TokenReviewStatus {
 }
 
 /// The answer: the request echoed (kind, apiVersion asked, metadata, spec) plus a status.
+///
+/// `S` is the status: a [`TokenReviewStatus`], or the same already serialised (a cached
+/// verdict's `RawValue`).
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct TokenReviewResponse<'a> {
+pub struct TokenReviewResponse<'a, S: ?Sized = TokenReviewStatus> {
     /// Always `TokenReview`.
     pub kind: &'static str,
     /// The version the caller used.
@@ -195,16 +198,16 @@ pub struct TokenReviewResponse<'a> {
     /// The request's spec.
     pub spec: &'a TokenReviewSpec,
     /// The verdict.
-    pub status: &'a TokenReviewStatus,
+    pub status: &'a S,
 }
 
 impl TokenReview {
     /// Builds the answer to this review in `version`.
-    pub fn respond<'a>(
+    pub fn respond<'a, S: Serialize + ?Sized>(
         &'a self,
         version: ApiVersion,
-        status: &'a TokenReviewStatus,
-    ) -> TokenReviewResponse<'a> {
+        status: &'a S,
+    ) -> TokenReviewResponse<'a, S> {
         TokenReviewResponse {
             kind: "TokenReview",
             api_version: version.as_str(),
