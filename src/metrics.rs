@@ -82,6 +82,15 @@ struct HotSeries {
     verifier_duration: [OnceLock<Histogram>; 4],
 }
 
+/// Applies `f` to the series in `hot` (resolved by `resolve` on first use), or, for a label
+/// outside the fixed sets (no slot), to the series `resolve` looks up each time.
+fn with_series<M>(hot: Option<&OnceLock<M>>, resolve: impl FnOnce() -> M, f: impl FnOnce(&M)) {
+    match hot {
+        Some(slot) => f(slot.get_or_init(resolve)),
+        None => f(&resolve()),
+    }
+}
+
 /// The slot of `label` in `slots`, kept in the order of `set`.
 fn slot<'a, T>(set: &[&str], slots: &'a [T], label: &str) -> Option<&'a T> {
     slots.get(set.iter().position(|s| *s == label)?)
@@ -236,25 +245,16 @@ impl Metrics {
         let created = (code == http::StatusCode::CREATED)
             .then(|| slot(&HOT_ROUTES, &self.hot.created, route))
             .flatten();
-        match created {
-            Some(c) => c
-                .get_or_init(|| self.requests.with_label_values(&[route, "201"]))
-                .inc(),
-            None => self
-                .requests
-                .with_label_values(&[route, code.as_str()])
-                .inc(),
-        }
-        let secs = took.as_secs_f64();
-        match slot(&HOT_ROUTES, &self.hot.duration, route) {
-            Some(h) => h
-                .get_or_init(|| self.request_duration.with_label_values(&[route]))
-                .observe(secs),
-            None => self
-                .request_duration
-                .with_label_values(&[route])
-                .observe(secs),
-        }
+        with_series(
+            created,
+            || self.requests.with_label_values(&[route, code.as_str()]),
+            IntCounter::inc,
+        );
+        with_series(
+            slot(&HOT_ROUTES, &self.hot.duration, route),
+            || self.request_duration.with_label_values(&[route]),
+            |h| h.observe(took.as_secs_f64()),
+        );
     }
 
     /// Counts one verdict cache lookup.
@@ -264,34 +264,31 @@ impl Metrics {
         } else {
             ("miss", &self.hot.cache_miss)
         };
-        c.get_or_init(|| self.cache_requests.with_label_values(&[label]))
-            .inc();
+        with_series(
+            Some(c),
+            || self.cache_requests.with_label_values(&[label]),
+            IntCounter::inc,
+        );
     }
 
     /// Counts one review decided by `verifier` with `outcome`.
     pub fn review(&self, verifier: &str, outcome: &str) {
         let hot = slot(&HOT_VERIFIERS, &self.hot.reviews, verifier)
             .and_then(|by_outcome| slot(&OUTCOMES, by_outcome, outcome));
-        match hot {
-            Some(c) => c
-                .get_or_init(|| self.reviews.with_label_values(&[verifier, outcome]))
-                .inc(),
-            None => self.reviews.with_label_values(&[verifier, outcome]).inc(),
-        }
+        with_series(
+            hot,
+            || self.reviews.with_label_values(&[verifier, outcome]),
+            IntCounter::inc,
+        );
     }
 
     /// Observes one verifier call of `took`.
     pub fn verifier_took(&self, verifier: &str, took: Duration) {
-        let secs = took.as_secs_f64();
-        match slot(&HOT_VERIFIERS, &self.hot.verifier_duration, verifier) {
-            Some(h) => h
-                .get_or_init(|| self.verifier_duration.with_label_values(&[verifier]))
-                .observe(secs),
-            None => self
-                .verifier_duration
-                .with_label_values(&[verifier])
-                .observe(secs),
-        }
+        with_series(
+            slot(&HOT_VERIFIERS, &self.hot.verifier_duration, verifier),
+            || self.verifier_duration.with_label_values(&[verifier]),
+            |h| h.observe(took.as_secs_f64()),
+        );
     }
 
     /// Counts one reload of `source`.
