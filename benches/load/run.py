@@ -5,7 +5,7 @@ several established load generators.
 Usage (from the repository root):
     python3 benches/load/run.py [--seconds 8] [--out benches/load/results.json]
                                 [--only LETTER] [--connections N] [--protocol http/1.1|h2]
-                                [--generators oha,wrk,h2load]
+                                [--generators oha,wrk,h2load] [--log-level FILTER]
 
 It installs its load generators itself: oha from crates.io (cargo install), wrk and h2load
 from Debian (apt-get install wrk nghttp2-client). It builds tokenhook and the floor server
@@ -363,13 +363,15 @@ class Setup:
             json.dump(json.loads(text)["status"], f)
         return path
 
-    def config(self, name, cache=True, jwt=False, mint=False):
+    def config(self, name, cache=True, jwt=False, mint=False, log_level=None):
         port = free_port()
         lines = [
             "[server]", f'listen = "127.0.0.1:{port}"', 'cert_file = "server.crt"', 'key_file = "server.key"',
             "[cache]", f"enabled = {'true' if cache else 'false'}",
         ]
         # Logging stays at tokenhook's defaults (JSON, info): what a deployment runs with.
+        if log_level:
+            lines += ["[log]", f'level = "{log_level}"']
         if mint:
             lines += ["[mint]", f'issuer = "https://127.0.0.1:{port}"', 'signing_key_file = "sa-signing.key"',
                       "[[mint.service_accounts]]", 'namespace = "default"', 'name = "default"',
@@ -395,6 +397,7 @@ def main():
     ap.add_argument("--only", help="run only the scenarios whose letter is this (a, b, c, d, e)")
     ap.add_argument("--connections", type=int, help="run only the rows with this many connections")
     ap.add_argument("--protocol", choices=["http/1.1", "h2"], help="run only the rows of this protocol")
+    ap.add_argument("--log-level", help="tokenhook's log.level (default: its default, info)")
     ap.add_argument("--generators", default="oha,wrk,h2load", help="comma-separated subset of oha, wrk, h2load")
     a = ap.parse_args()
     wanted = [g for g in a.generators.split(",") if g]
@@ -453,7 +456,7 @@ def main():
                     port = free_port()
                     srv = Server(st.floor_argv(port, alg if who == "floor_verify" else None, status), port)
                 else:
-                    cfg_path, port = config(f"bench{i}", **cfg)
+                    cfg_path, port = config(f"bench{i}", log_level=a.log_level, **cfg)
                     srv = Server([tokenhook, "serve", "--config", cfg_path], port)
                 try:
                     code, text = probe(port, path, body, headers)
@@ -485,7 +488,7 @@ def main():
                   f"({row['cpu_ratio']:.2f}× floor){extra}", file=sys.stderr)
 
     meta = dict(machine(), date=time.strftime("%Y-%m-%d"), seconds_per_run=a.seconds, generators=gen_versions,
-                logging="tokenhook defaults (json, info)")
+                logging=f"json, {a.log_level}" if a.log_level else "tokenhook defaults (json, info)")
     with open(a.out, "w") as f:
         json.dump({"machine": meta, "results": results}, f, indent=2)
     m = meta
