@@ -173,13 +173,13 @@ class Server:
         return rss
 
 
-def probe(port, path, body, headers):
+def probe(port, path, body, headers, timeout=10):
     """One request before the load: the scenario must be answering what it claims to measure."""
     import http.client, ssl
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+    c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=timeout)
     hdrs = {"Content-Type": "application/json"}
     for h in headers:
         k, v = h.split(": ", 1)
