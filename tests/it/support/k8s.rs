@@ -306,7 +306,10 @@ impl ApiServer {
                 .arg(format!("--cert-dir={}", d("certs")))
                 .arg(format!("--service-account-issuer={SA_ISSUER}"))
                 .arg(format!("--service-account-key-file={}", d("sa.pub")))
-                .arg(format!("--service-account-signing-key-file={}", d("sa.key")))
+                .arg(format!(
+                    "--service-account-signing-key-file={}",
+                    d("sa.key")
+                ))
                 .arg("--service-cluster-ip-range=10.96.0.0/16")
                 .arg("--authorization-mode=RBAC")
                 .arg(format!("--token-auth-file={}", d("admin-tokens.csv")))
@@ -361,11 +364,14 @@ impl ApiServer {
     #[allow(dead_code)] // API for suites that act as a user (the registry tests)
     pub fn kubectl_with_token(&self, token: &str, args: &[&str]) -> Output {
         super::secrets::secret(token);
-        let path = self.dir.join(format!(
-            "user-{}.kubeconfig",
-            uuid::Uuid::new_v4().simple()
-        ));
-        std::fs::write(&path, kubeconfig_yaml(&self.url, &self.ca_file, "user", token)).unwrap();
+        let path = self
+            .dir
+            .join(format!("user-{}.kubeconfig", uuid::Uuid::new_v4().simple()));
+        std::fs::write(
+            &path,
+            kubeconfig_yaml(&self.url, &self.ca_file, "user", token),
+        )
+        .unwrap();
         let out = kubectl(&path, args);
         let _ = std::fs::remove_file(&path);
         out
@@ -385,13 +391,19 @@ fn wait_ready(p: &mut Proc, kubeconfig: &Path) -> Result<(), String> {
         if let Some(s) = p.exited() {
             return Err(format!("exited ({s})\n{}", p.log_text()));
         }
-        let out = kubectl(kubeconfig, &["get", "--raw", "/readyz", "--request-timeout=5s"]);
+        let out = kubectl(
+            kubeconfig,
+            &["get", "--raw", "/readyz", "--request-timeout=5s"],
+        );
         if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok" {
             return Ok(());
         }
         if Instant::now() > deadline {
             p.kill();
-            return Err(format!("not ready after {START_TIMEOUT:?}\n{}", p.log_text()));
+            return Err(format!(
+                "not ready after {START_TIMEOUT:?}\n{}",
+                p.log_text()
+            ));
         }
         std::thread::sleep(Duration::from_millis(200));
     }
