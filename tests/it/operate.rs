@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 
 use crate::assert_eventually;
 use crate::support::dev::{admin_client, signal, start, stop, token_of};
-use crate::support::{Client, Opts, TestServer, ensure_debian_package, replace_file};
+use crate::jwt::issuer_yaml;
+use crate::support::issuer::Issuer;
+use crate::support::{Client, Opts, TOKENS, TestServer, ensure_debian_package, replace_file};
 
 /// GET over plain HTTP (Prometheus's own API on loopback).
 async fn plain_get(addr: &str, path: &str) -> Option<Value> {
@@ -124,11 +126,28 @@ async fn exposition_passes_promtool_and_never_carries_secrets() {
 
 #[tokio::test]
 async fn a_real_prometheus_scrapes_it() {
-    let s = TestServer::start(Opts {
-        client_names: Some(vec!["kube-apiserver".into(), "prometheus".into()]),
-        extra_toml: "[metrics]\nlisten = \"127.0.0.1:0\"\n".into(),
-        ..Opts::default()
-    })
+    // Minting and a JWT issuer besides the static tokens, so that the traffic below touches
+    // every series the Grafana dashboard shows. The issuer needs the CA first: a probe
+    // server makes it.
+    let probe = TestServer::start(Opts::default()).await;
+    let iss = Issuer::start(&probe.ca).await;
+    std::fs::write(
+        probe.path("authn.yaml"),
+        format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n{}  claimMappings:\n    username:\n      claim: sub\n      prefix: \"oidc:\"\n",
+            issuer_yaml(&iss, &probe.ca.pem, &["my-app"])
+        ),
+    )
+    .unwrap();
+    let s = TestServer::start_in(
+        probe,
+        Opts {
+            client_names: Some(vec!["kube-apiserver".into(), "prometheus".into()]),
+            extra_toml: "[metrics]\nlisten = \"127.0.0.1:0\"\n[jwt]\nmin_refresh_interval_seconds = 0\n[[verifiers]]\ntype = \"authentication_config\"\nfile = \"authn.yaml\"\n".into(),
+            mint: true,
+            ..Opts::default()
+        },
+    )
     .await;
     let metrics_addr = s._running.metrics_addr.unwrap();
     // The metrics listener serves metrics (with the caller rules) and health, nothing else;
@@ -180,11 +199,20 @@ async fn a_real_prometheus_scrapes_it() {
         .stderr(Stdio::null())
         .spawn()
         .expect("prometheus is required (Debian package prometheus; .ci/run installs it)");
-    let query = |q: &'static str| {
-        let web = web.clone();
+    // The instant vector `q` evaluates to (None when Prometheus answers no or an error).
+    let series = |q: &str| {
+        let (web, q) = (web.clone(), q.to_owned());
         async move {
+            let q: String = form_urlencoded::byte_serialize(q.as_bytes()).collect();
             let v = plain_get(&web, &format!("/api/v1/query?query={q}")).await?;
-            v["data"]["result"][0]["value"][1]
+            (v["status"] == "success").then_some(())?;
+            v["data"]["result"].as_array().cloned()
+        }
+    };
+    let query = |q: &'static str| {
+        let series = &series;
+        async move {
+            series(q).await?.first()?["value"][1]
                 .as_str()?
                 .parse::<f64>()
                 .ok()
@@ -194,7 +222,7 @@ async fn a_real_prometheus_scrapes_it() {
     c.review("alice-token", &[]).await;
     assert_eventually!(
         60,
-        query("up%7Bjob%3D%22tokenhook%22%7D").await == Some(1.0),
+        query("up{job=\"tokenhook\"}").await == Some(1.0),
         "Prometheus never scraped tokenhook (up != 1)"
     );
     let total = "sum(tokenhook_reviews_total)";
@@ -214,6 +242,70 @@ async fn a_real_prometheus_scrapes_it() {
             .is_some_and(|v| v >= before + 5.0),
         "{total} did not increase"
     );
+
+    // Traffic for every dashboard panel: answers of each outcome and verifier, a rejection,
+    // a minted token, a "could not check" (503), a reload.
+    assert_eq!(
+        c.review("no-such-token", &[]).await.json()["status"]["authenticated"],
+        false
+    );
+    let jwt = iss.sign("k1", &iss.claims(json!({})));
+    assert_eq!(
+        c.review(&jwt, &[]).await.json()["status"]["user"]["username"],
+        "oidc:jane"
+    );
+    let now = tokenhook::clock::Clock::System.now().0;
+    let expired = iss.sign(
+        "k1",
+        &iss.claims(json!({"iat": now - 7200, "nbf": now - 7200, "exp": now - 3600})),
+    );
+    assert_eq!(
+        c.review(&expired, &[]).await.json()["status"]["authenticated"],
+        false
+    );
+    let admin = Client::new(s.addr, &s.ca.pem, Some(&s.ca.client("tokenhook-admin")));
+    let r = admin
+        .post_json(
+            "/api/v1/namespaces/ci/serviceaccounts/builder/token",
+            &json!({"spec": {"audiences": ["vault"]}}),
+        )
+        .await;
+    let minted = r.json()["status"]["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        c.review(&minted, &["vault"]).await.json()["status"]["authenticated"],
+        true
+    );
+    // A key tokenhook has not seen while the issuer is down: could not check.
+    iss.set_down(true);
+    iss.add_key("RS256", "k2");
+    let unseen = iss.sign("k2", &iss.claims(json!({})));
+    assert_eq!(c.review(&unseen, &[]).await.status, 503);
+    replace_file(&s.tokens_path, &format!("{TOKENS}# reloaded\n"));
+    assert_eventually!(
+        10,
+        s.metric(
+            "tokenhook_reloads_total",
+            "source=\"static_tokens\",result=\"success\""
+        )
+        .await
+            >= 1.0,
+        "token file reload not counted"
+    );
+    let errors = "sum(tokenhook_reviews_total{outcome=\"error\"})";
+    assert_eventually!(
+        30,
+        query(errors).await.is_some(),
+        "the 503 never reached Prometheus"
+    );
+
+    // Every query of the Grafana dashboard (and of its variables) returns series.
+    for (what, q) in crate::monitoring::dashboard_queries("tokenhook") {
+        assert_eventually!(
+            30,
+            series(&q).await.is_some_and(|r| !r.is_empty()),
+            "Grafana dashboard {what}: no series for {q}"
+        );
+    }
     prometheus.kill().unwrap();
     let _ = prometheus.wait();
 }
