@@ -403,7 +403,10 @@ fn deploy_values_match_the_schema_and_bad_values_do_not() {
             "/config/verifiers/0/type",
         ),
         ("serviceMonitor: {scheme: http}", "/serviceMonitor/scheme"),
-        ("prometheusRule: {enabled: 'true'}", "/prometheusRule/enabled"),
+        (
+            "prometheusRule: {enabled: 'true'}",
+            "/prometheusRule/enabled",
+        ),
         ("prometheusRule: {severity: page}", "/prometheusRule"),
         ("podAntiAffinityPreset: always", "/podAntiAffinityPreset"),
         (

@@ -36,7 +36,10 @@ fn exported_metrics() -> BTreeSet<String> {
         .filter(|s| s.starts_with("tokenhook_"))
         .map(str::to_owned)
         .collect();
-    assert!(names.len() >= 15, "metric names in src/metrics.rs: {names:?}");
+    assert!(
+        names.len() >= 15,
+        "metric names in src/metrics.rs: {names:?}"
+    );
     for extra in [
         "up",
         "process_cpu_seconds_total",
@@ -100,7 +103,9 @@ fn deploy_alert_rules_pass_promtool_and_every_alert_is_tested() {
             );
             for a in ["summary", "description"] {
                 assert!(
-                    rule["annotations"][a].as_str().is_some_and(|s| !s.is_empty()),
+                    rule["annotations"][a]
+                        .as_str()
+                        .is_some_and(|s| !s.is_empty()),
                     "{name}: {a}"
                 );
             }
@@ -134,7 +139,10 @@ fn deploy_alert_rules_pass_promtool_and_every_alert_is_tested() {
     // The README documents each one.
     let readme = read(&repo().join("deploy/README.md"));
     for alert in &alerts {
-        assert!(readme.contains(alert.as_str()), "deploy/README.md lacks {alert}");
+        assert!(
+            readme.contains(alert.as_str()),
+            "deploy/README.md lacks {alert}"
+        );
     }
 }
 
@@ -145,9 +153,11 @@ fn deploy_prometheus_rule_template_holds_the_rules_file() {
     assert!(template.contains("apiVersion: monitoring.coreos.com/v1\nkind: PrometheusRule\n"));
     // The release's matchers: the ServiceMonitor's targets are labelled job=<Service name>
     // (the fullname) and the Service's namespace; kube-state-metrics names the Deployment.
-    assert!(template.contains(
-        "{{- $sel := printf \"job=%q,namespace=%q\" $fullname .Release.Namespace }}\n"
-    ));
+    assert!(
+        template.contains(
+            "{{- $sel := printf \"job=%q,namespace=%q\" $fullname .Release.Namespace }}\n"
+        )
+    );
     assert!(template.contains(
         "{{- $deployment := printf \"namespace=%q,deployment=%q\" .Release.Namespace $fullname }}\n"
     ));
@@ -222,7 +232,10 @@ fn deploy_grafana_dashboard_is_well_formed() {
     let mut queries = 0;
     for p in d["panels"].as_array().unwrap() {
         let title = p["title"].as_str().unwrap();
-        assert!(ids.insert(p["id"].as_u64().unwrap()), "{title}: duplicate id");
+        assert!(
+            ids.insert(p["id"].as_u64().unwrap()),
+            "{title}: duplicate id"
+        );
         let g = &p["gridPos"];
         assert!(
             g["x"].as_u64().unwrap() + g["w"].as_u64().unwrap() <= 24,
@@ -232,7 +245,10 @@ fn deploy_grafana_dashboard_is_well_formed() {
             continue;
         }
         assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
-        assert!(p["description"].as_str().is_some_and(|s| !s.is_empty()), "{title}");
+        assert!(
+            p["description"].as_str().is_some_and(|s| !s.is_empty()),
+            "{title}"
+        );
         let targets = p["targets"].as_array().unwrap();
         assert!(!targets.is_empty(), "{title}: no query");
         for t in targets {

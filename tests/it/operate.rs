@@ -8,8 +8,8 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use crate::assert_eventually;
-use crate::support::dev::{admin_client, signal, start, stop, token_of};
 use crate::jwt::issuer_yaml;
+use crate::support::dev::{admin_client, signal, start, stop, token_of};
 use crate::support::issuer::Issuer;
 use crate::support::{Client, Opts, TOKENS, TestServer, ensure_debian_package, replace_file};
 
@@ -129,13 +129,19 @@ async fn a_real_prometheus_scrapes_it() {
     // Minting and a JWT issuer besides the static tokens, so that the traffic below touches
     // every series the Grafana dashboard shows. The issuer needs the CA first: a probe
     // server makes it.
+    // A second issuer is down from the start: until it delivers keys its tokens are
+    // answered "could not check" (503) and readiness fails.
     let probe = TestServer::start(Opts::default()).await;
     let iss = Issuer::start(&probe.ca).await;
+    let late = Issuer::start(&probe.ca).await;
+    late.set_down(true);
+    let mapping = "  claimMappings:\n    username:\n      claim: sub\n      prefix: \"oidc:\"\n";
     std::fs::write(
         probe.path("authn.yaml"),
         format!(
-            "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n{}  claimMappings:\n    username:\n      claim: sub\n      prefix: \"oidc:\"\n",
-            issuer_yaml(&iss, &probe.ca.pem, &["my-app"])
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n{}{mapping}{}{mapping}",
+            issuer_yaml(&iss, &probe.ca.pem, &["my-app"]),
+            issuer_yaml(&late, &probe.ca.pem, &["my-app"]),
         ),
     )
     .unwrap();
@@ -155,7 +161,11 @@ async fn a_real_prometheus_scrapes_it() {
     let prom = s.ca.client("prometheus");
     let mc = Client::new(metrics_addr, &s.ca.pem, Some(&prom));
     assert_eq!(mc.get("/metrics").await.status, 200);
-    assert_eq!(mc.get("/readyz").await.status, 200);
+    assert_eq!(
+        mc.get("/readyz").await.status,
+        500,
+        "the late issuer has no keys"
+    );
     assert_eq!(
         Client::new(metrics_addr, &s.ca.pem, None)
             .get("/metrics")
@@ -246,8 +256,8 @@ async fn a_real_prometheus_scrapes_it() {
     // Traffic for every dashboard panel: answers of each outcome and verifier, a rejection,
     // a minted token, a "could not check" (503), a reload.
     assert_eq!(
-        c.review("no-such-token", &[]).await.json()["status"]["authenticated"],
-        false
+        c.review("no-such-token", &[]).await.json()["status"],
+        json!({"user": {}})
     );
     let jwt = iss.sign("k1", &iss.claims(json!({})));
     assert_eq!(
@@ -259,10 +269,9 @@ async fn a_real_prometheus_scrapes_it() {
         "k1",
         &iss.claims(json!({"iat": now - 7200, "nbf": now - 7200, "exp": now - 3600})),
     );
-    assert_eq!(
-        c.review(&expired, &[]).await.json()["status"]["authenticated"],
-        false
-    );
+    let r = c.review(&expired, &[]).await;
+    assert_eq!(r.status, 201);
+    assert_ne!(r.json()["status"]["authenticated"], true);
     let admin = Client::new(s.addr, &s.ca.pem, Some(&s.ca.client("tokenhook-admin")));
     let r = admin
         .post_json(
@@ -275,20 +284,22 @@ async fn a_real_prometheus_scrapes_it() {
         c.review(&minted, &["vault"]).await.json()["status"]["authenticated"],
         true
     );
-    // A key tokenhook has not seen while the issuer is down: could not check.
-    iss.set_down(true);
-    iss.add_key("RS256", "k2");
-    let unseen = iss.sign("k2", &iss.claims(json!({})));
-    assert_eq!(c.review(&unseen, &[]).await.status, 503);
+    // The late issuer's token while it is down: could not check; once it is up: yes, and
+    // the pods are ready.
+    let late_jwt = late.sign("k1", &late.claims(json!({})));
+    assert_eq!(c.review(&late_jwt, &[]).await.status, 503);
+    late.set_down(false);
+    assert_eq!(
+        c.review(&late_jwt, &[]).await.json()["status"]["authenticated"],
+        true
+    );
+    assert_eq!(mc.get("/readyz").await.status, 200);
     replace_file(&s.tokens_path, &format!("{TOKENS}# reloaded\n"));
     assert_eventually!(
-        10,
-        s.metric(
-            "tokenhook_reloads_total",
-            "source=\"static_tokens\",result=\"success\""
-        )
-        .await
-            >= 1.0,
+        30,
+        query("tokenhook_reloads_total{source=\"static_tokens\",result=\"success\"}")
+            .await
+            .is_some_and(|v| v >= 1.0),
         "token file reload not counted"
     );
     let errors = "sum(tokenhook_reviews_total{outcome=\"error\"})";
