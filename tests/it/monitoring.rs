@@ -23,7 +23,8 @@ fn yaml(path: &Path) -> Json {
 const RULES: &str = "deploy/prometheus/tokenhook.rules.yaml";
 const RULE_TESTS: &str = "deploy/prometheus/tokenhook.rules.test.yaml";
 const TEMPLATE: &str = "deploy/helm/tokenhook/templates/prometheusrule.yaml";
-const DASHBOARD: &str = "deploy/grafana/tokenhook.json";
+const DASHBOARD: &str = "deploy/helm/tokenhook/dashboards/tokenhook.json";
+const DASHBOARD_TEMPLATE: &str = "deploy/helm/tokenhook/templates/grafana-dashboard.yaml";
 
 /// Names of the metrics tokenhook registers (the string literals of src/metrics.rs) plus the
 /// `process_*` and `up` series that the process collector and Prometheus add.
@@ -267,6 +268,17 @@ fn deploy_grafana_dashboard_is_well_formed() {
         }
     }
     assert!(queries >= 20, "{queries} queries");
+    // The chart's ConfigMap carries the file as it is (`.Files.Get` does not template it, so
+    // legends such as `{{version}}` survive).
+    let template = read(&repo().join(DASHBOARD_TEMPLATE));
+    assert!(template.starts_with("{{- if .Values.grafanaDashboard.enabled }}\n"));
+    assert!(template.contains(
+        "  tokenhook.json: |-\n    {{- .Files.Get \"dashboards/tokenhook.json\" | nindent 4 }}\n"
+    ));
+    assert_eq!(
+        DASHBOARD.strip_prefix("deploy/helm/tokenhook/"),
+        Some("dashboards/tokenhook.json")
+    );
     // Whatever Prometheus makes of them is checked in operate::a_real_prometheus_scrapes_it.
     assert_eq!(
         dashboard_queries("tokenhook").len(),
