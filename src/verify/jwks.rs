@@ -643,4 +643,84 @@ mod tests {
         assert!(KeySet::parse(&json!({"keys": [{"kty": "oct", "k": "eA"}]})).is_err());
         assert!(KeySet::parse(&json!({"nokeys": 1})).is_err());
     }
+
+    /// Keys read from `path`, refetched for tokens no key verifies at most once per `min`.
+    fn file_keys(path: &std::path::Path, min: Duration) -> Arc<IssuerKeys> {
+        IssuerKeys::new(
+            "test".into(),
+            KeySource::File(path.to_owned()),
+            String::new(),
+            HttpsClient::new(None, Duration::from_secs(1)).unwrap(),
+            min,
+            Metrics::new().unwrap(),
+        )
+    }
+
+    fn jwks_with(kids: &[&str]) -> String {
+        let keys: Vec<Value> = kids
+            .iter()
+            .map(|k| {
+                let mut j = rsa_jwk();
+                j["kid"] = json!(k);
+                j
+            })
+            .collect();
+        json!({ "keys": keys }).to_string()
+    }
+
+    fn has(kid: &'static str) -> impl Fn(&KeySet) -> Result<(), &'static str> {
+        move |set: &KeySet| {
+            if set.has_kid(kid) {
+                Ok(())
+            } else {
+                Err("no key")
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_no_comes_only_from_a_fresh_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, jwks_with(&["k1"])).unwrap();
+        let keys = file_keys(&path, Duration::ZERO);
+        keys.refresh().await.unwrap();
+        // Known: no fetch needed.
+        assert_eq!(keys.verify_fresh(has("k1")).await, Ok(Fresh::Verified(())));
+        // Published after the load: fetched for the token that needs it.
+        std::fs::write(&path, jwks_with(&["k1", "k2"])).unwrap();
+        assert_eq!(keys.verify_fresh(has("k2")).await, Ok(Fresh::Verified(())));
+        // Not in a set fetched after the token failed: a plain no.
+        assert_eq!(
+            keys.verify_fresh(has("k3")).await,
+            Ok(Fresh::Refused("no key"))
+        );
+        // The source fails: could not check, and the last good set stays.
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            keys.verify_fresh(has("k3")).await,
+            Err(Stale::Fetch(FetchError::File { .. }))
+        ));
+        assert!(keys.current().unwrap().has_kid("k2"));
+        assert_eq!(keys.verify_fresh(has("k2")).await, Ok(Fresh::Verified(())));
+    }
+
+    #[tokio::test]
+    async fn inside_the_floor_an_unknown_kid_is_could_not_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, jwks_with(&["k1"])).unwrap();
+        let keys = file_keys(&path, Duration::from_secs(3600));
+        keys.refresh().await.unwrap();
+        std::fs::write(&path, jwks_with(&["k1", "k2"])).unwrap();
+        for kid in ["k2", "k3"] {
+            assert_eq!(
+                keys.verify_fresh(has(kid)).await,
+                Err(Stale::RateLimited(Duration::from_secs(3600)))
+            );
+        }
+        // The periodic refresh is not limited, and what it loads verifies.
+        keys.refresh().await.unwrap();
+        assert_eq!(keys.verify_fresh(has("k2")).await, Ok(Fresh::Verified(())));
+    }
 }
