@@ -600,9 +600,14 @@ mod rotation {
         // (the old behaviour answered {"user":{}} for 10 s, cached by kube for 2 min).
         iss.add_key("ES256", "k2");
         let t2 = iss.sign("k2", &iss.claims(json!({"sub": "second"})));
+        let asked = std::time::Instant::now();
         assert_eq!(
             review_like_kube(&c, &t2).await["user"]["username"],
             "oidc:second"
+        );
+        eprintln!(
+            "rotation: a key published right after the fetch authenticated after {:?}",
+            asked.elapsed()
         );
         // Past the floor, a new key is fetched for the first token that needs it, and
         // concurrent reviews of tokens signed with it share that one fetch.
@@ -719,7 +724,7 @@ mod rotation {
                 })
             })
             .collect();
-        let mut noes = 0;
+        let mut noes = 0usize;
         for t in tasks {
             for (status, body) in t.await.unwrap() {
                 match status {
@@ -733,6 +738,11 @@ mod rotation {
             }
         }
         let fetches = iss.jwks_hits.load(SeqCst) - before;
+        eprintln!(
+            "flood: 200 reviews of unknown kids in {:?}: {fetches} JWKS fetches, {noes} refused by a fresh set, {} answered 503",
+            started.elapsed(),
+            200 - noes
+        );
         // A fetch starts at most once a second after the previous one finished, so
         // however long the flood took, it caused at most one more fetch than whole seconds.
         let bound = started.elapsed().as_secs() as usize + 1;
