@@ -16,6 +16,7 @@ mod errors;
 mod hostile;
 mod jwt;
 mod mint;
+mod monitoring;
 mod operate;
 mod reload;
 mod review;
