@@ -344,6 +344,11 @@ impl IssuerKeys {
         min_interval: Duration,
         metrics: Metrics,
     ) -> Arc<Self> {
+        // Both results exist (at zero) from the start, so that `increase()` in the JWKS
+        // alert sees the first failure too.
+        for result in ["success", "failure"] {
+            metrics.jwks_refreshes.with_label_values(&[&label, result]);
+        }
         Arc::new(IssuerKeys {
             label,
             source,

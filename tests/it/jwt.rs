@@ -7,7 +7,7 @@ use crate::support::issuer::{Issuer, keypair};
 use crate::support::{Opts, TestServer, replace_file};
 
 /// The issuer block of an AuthenticationConfiguration for `iss`, indented for `jwt:`.
-fn issuer_yaml(iss: &Issuer, ca: &str, audiences: &[&str]) -> String {
+pub(crate) fn issuer_yaml(iss: &Issuer, ca: &str, audiences: &[&str]) -> String {
     let ca: String = ca.lines().map(|l| format!("      {l}\n")).collect();
     format!(
         "- issuer:\n    url: {url}\n    audiences: [{auds}]\n    audienceMatchPolicy: MatchAny\n    certificateAuthority: |\n{ca}",
