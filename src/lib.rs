@@ -15,6 +15,7 @@ pub mod kubeconfig;
 pub mod logging;
 pub mod metrics;
 pub mod mint;
+pub mod outbound;
 pub mod reload;
 pub mod review;
 pub mod routes;
