@@ -39,6 +39,23 @@ pub enum OutboundError {
         /// Why.
         reason: String,
     },
+    /// No answer within the time allowed.
+    #[error("fetching {url}: no answer within {after:?}")]
+    Timeout {
+        /// What was fetched.
+        url: String,
+        /// The time allowed.
+        after: Duration,
+    },
+    /// The connection broke (reset, aborted, closed mid-answer) after it was made: the one
+    /// transport failure kube's webhook client retries.
+    #[error("fetching {url}: {reason}")]
+    Reset {
+        /// What was fetched.
+        url: String,
+        /// Why.
+        reason: String,
+    },
     /// The server answered with an unexpected status.
     #[error("{url}: status {status}")]
     Status {
@@ -235,11 +252,17 @@ impl HttpsClient {
             None => self.timeout,
         };
         let call = async {
-            let resp = self
-                .client
-                .request(req)
-                .await
-                .map_err(|e| transport(format!("{e:#}")))?;
+            let resp = self.client.request(req).await.map_err(|e| {
+                let reason = format!("{e:#}");
+                if !e.is_connect() && broke(&e) {
+                    OutboundError::Reset {
+                        url: url.to_owned(),
+                        reason,
+                    }
+                } else {
+                    transport(reason)
+                }
+            })?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, MAX_DOCUMENT)
                 .collect()
@@ -254,7 +277,10 @@ impl HttpsClient {
         };
         tokio::time::timeout(timeout, call)
             .await
-            .map_err(|_| transport(format!("no answer within {timeout:?}")))?
+            .map_err(|_| OutboundError::Timeout {
+                url: url.to_owned(),
+                after: timeout,
+            })?
     }
 
     /// POSTs `body` (of `content_type`) with `headers`, answering whatever came back.
@@ -300,6 +326,31 @@ impl HttpsClient {
             reason: format!("not JSON: {e}"),
         })
     }
+}
+
+/// Whether an error's causes include a connection that broke after it was made.
+fn broke(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+                    | std::io::ErrorKind::UnexpectedEof
+            )
+        {
+            return true;
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled())
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Circuit breaker settings.

@@ -649,6 +649,11 @@ impl Jwt {
     pub fn issuers(&self) -> Vec<Arc<JwtIssuer>> {
         self.issuers.load().values().cloned().collect()
     }
+
+    /// Whether `iss` is one of the current issuers' URLs.
+    pub fn has_issuer(&self, iss: &str) -> bool {
+        self.issuers.load().contains_key(iss)
+    }
 }
 
 /// Issuers by URL. foldhash, seeded per process, rather than SipHash: one lookup per JWT
