@@ -20,3 +20,4 @@ mod reload;
 mod review;
 mod soak;
 mod transport;
+mod upstream;
