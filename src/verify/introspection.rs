@@ -828,3 +828,42 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod render_tests {
+    use crate::config::file::{FileConfig, VerifierConfig, render_commented};
+
+    #[test]
+    fn upstream_verifiers_render_and_read_back() {
+        let text = r#"
+[[verifiers]]
+type = "tokenreview"
+name = "cluster-b"
+kubeconfig = "b.kubeconfig"
+version = "v1"
+username_prefix = "b:"
+token_prefix = "k8s-aws-v1."
+
+[[verifiers]]
+type = "introspection"
+issuer = "https://idp.example"
+client_id = "tokenhook"
+client_secret_file = "secret"
+required_scopes = ["k8s"]
+claimValidationRules = [{ expression = "claims.client_id != 'x'", message = "no" }]
+token_regex = "^o"
+
+[verifiers.claimMappings]
+username = { claim = "sub", prefix = "idp:" }
+"#;
+        let f: FileConfig = toml::from_str(text).unwrap();
+        assert!(matches!(f.verifiers[0], VerifierConfig::TokenReview(_)));
+        assert!(matches!(f.verifiers[1], VerifierConfig::Introspection(_)));
+        let rendered = render_commented(&f);
+        let back: FileConfig = toml::from_str(&rendered).unwrap();
+        assert_eq!(back.verifiers, f.verifiers, "{rendered}");
+        // Unknown keys are errors here too.
+        let bad = text.replace("version = \"v1\"", "versoin = \"v1\"");
+        assert!(toml::from_str::<FileConfig>(&bad).is_err());
+    }
+}
