@@ -17,9 +17,9 @@ use crate::reload::Watched;
 use crate::server::{Transport, tls};
 use crate::verify::authn_config;
 use crate::verify::cel::CelEnv;
+use crate::verify::introspection::Introspection;
 use crate::verify::jwks::{IssuerKeys, KeySource};
 use crate::verify::oidc::{Jwt, JwtIssuer, JwtSettings, build_all, spawn_refresh};
-use crate::verify::introspection::Introspection;
 use crate::verify::selector::KnownIssuers;
 use crate::verify::static_file::TokenTable;
 use crate::verify::tokenreview::TokenReview;
@@ -127,7 +127,7 @@ pub(super) async fn verifiers(
                 let bytes = read("AuthenticationConfiguration", file)?;
                 let conf = authn_config::load(file)?;
                 let issuers =
-                    build_all(&conf.jwt, &settings, &cel, &metrics).map_err(BindError::Jwt)?;
+                    build_all(&conf.jwt, &settings, &cel, metrics).map_err(BindError::Jwt)?;
                 for i in &issuers {
                     start_keys(&i.keys, config, &settings, stop_rx, reload_rx).await?;
                 }

@@ -315,6 +315,9 @@ impl FileSettings {
     }
 }
 
+/// Request headers.
+type Headers = Vec<(http::HeaderName, HeaderValue)>;
+
 /// The verifier. Clones share the connections, the circuit and the discovered endpoint.
 #[derive(Clone)]
 pub struct Introspection {
@@ -474,7 +477,7 @@ impl Introspection {
         token: &Token,
         endpoint: &str,
         now: UnixTime,
-    ) -> Result<(Vec<u8>, Vec<(http::HeaderName, HeaderValue)>), String> {
+    ) -> Result<(Vec<u8>, Headers), String> {
         let s = &self.inner.settings;
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("token", token.expose());
@@ -683,7 +686,7 @@ impl Introspection {
         let claims_v = Value::Object(claims);
         let user = match self.inner.mapper.map(&claims_v, &self.inner.cel) {
             Ok(u) => u,
-            Err(rejected) => return rejected,
+            Err(r) => return Outcome::Rejected(r),
         };
         Outcome::Authenticated(Identity {
             user,
