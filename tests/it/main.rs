@@ -11,10 +11,12 @@ mod support;
 
 mod cli;
 mod deploy;
+mod e2e;
 mod errors;
 mod hostile;
 mod jwt;
 mod mint;
+mod monitoring;
 mod operate;
 mod reload;
 mod review;
