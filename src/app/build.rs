@@ -17,9 +17,12 @@ use crate::reload::Watched;
 use crate::server::{Transport, tls};
 use crate::verify::authn_config;
 use crate::verify::cel::CelEnv;
+use crate::verify::introspection::Introspection;
 use crate::verify::jwks::{IssuerKeys, KeySource};
 use crate::verify::oidc::{Jwt, JwtIssuer, JwtSettings, build_all, spawn_refresh};
+use crate::verify::selector::KnownIssuers;
 use crate::verify::static_file::TokenTable;
+use crate::verify::tokenreview::TokenReview;
 use crate::verify::{AnyVerifier, Digest, ServiceAccount, StaticFile};
 
 pub(super) fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, BindError> {
@@ -84,6 +87,9 @@ pub(super) async fn verifiers(
 ) -> Result<Vec<AnyVerifier>, BindError> {
     let cel = Arc::new(CelEnv::new().map_err(|e| BindError::Jwt(vec![e]))?);
     let mut verifiers = Vec::new();
+    // Filled once the chain is built: the default selector of upstream verifiers leaves the
+    // tokens of every configured JWT issuer alone.
+    let known_issuers = KnownIssuers::default();
     for (i, spec) in config.verifiers.iter().enumerate() {
         match spec {
             VerifierSpec::Static { file } => {
@@ -146,8 +152,45 @@ pub(super) async fn verifiers(
                     verifiers.push(AnyVerifier::ServiceAccount(ServiceAccount::new(i.clone())));
                 }
             }
+            VerifierSpec::TokenReview(settings) => {
+                let v = TokenReview::build(
+                    settings,
+                    &known_issuers,
+                    &config.api_audiences,
+                    metrics,
+                    config.reload_interval,
+                )
+                .map_err(|reason| BindError::Upstream {
+                    verifier: format!("verifiers[{i}]"),
+                    reason,
+                })?;
+                verifiers.push(AnyVerifier::TokenReview(v));
+            }
+            VerifierSpec::Introspection(settings) => {
+                let v = Introspection::build(
+                    settings,
+                    &known_issuers,
+                    cel.clone(),
+                    config.jwt.leeway,
+                    metrics,
+                )
+                .map_err(|reason| BindError::Upstream {
+                    verifier: format!("verifiers[{i}]"),
+                    reason,
+                })?;
+                verifiers.push(AnyVerifier::Introspection(v));
+            }
         }
     }
+    known_issuers.set(
+        verifiers
+            .iter()
+            .filter_map(|v| match v {
+                AnyVerifier::Jwt(j) => Some(j.clone()),
+                _ => None,
+            })
+            .collect(),
+    );
     Ok(verifiers)
 }
 

@@ -76,6 +76,14 @@ pub enum BindError {
     /// An AuthenticationConfiguration file is unusable.
     #[error("loading the AuthenticationConfiguration")]
     AuthnConfig(#[from] crate::verify::authn_config::AuthnConfigError),
+    /// An upstream verifier (tokenreview, introspection) could not be set up.
+    #[error("verifier {verifier}: {reason}")]
+    Upstream {
+        /// Which one (`verifiers[i]`).
+        verifier: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Local or inline JWKS could not be loaded.
     #[error("loading JWKS")]
     JwtKeys(#[from] crate::verify::jwks::FetchError),

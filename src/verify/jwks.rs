@@ -238,7 +238,13 @@ impl From<crate::outbound::OutboundError> for FetchError {
     fn from(e: crate::outbound::OutboundError) -> Self {
         use crate::outbound::OutboundError as O;
         match e {
-            O::Transport { url, reason } => FetchError::Transport { url, reason },
+            O::Transport { url, reason } | O::Reset { url, reason } => {
+                FetchError::Transport { url, reason }
+            }
+            O::Timeout { url, after } => FetchError::Transport {
+                url,
+                reason: format!("no answer within {after:?}"),
+            },
             O::Status { url, status } => FetchError::Document {
                 url,
                 reason: format!("status {status}"),

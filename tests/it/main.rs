@@ -22,3 +22,4 @@ mod reload;
 mod review;
 mod soak;
 mod transport;
+mod upstream;
