@@ -13,6 +13,7 @@ mod cli;
 mod deploy;
 mod errors;
 mod hostile;
+mod introspection;
 mod jwt;
 mod mint;
 mod operate;

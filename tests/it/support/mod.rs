@@ -2,6 +2,7 @@
 
 pub mod dev;
 pub mod issuer;
+pub mod oidc_provider;
 pub mod secrets;
 
 use std::net::SocketAddr;

@@ -128,13 +128,14 @@ const server = createServer({
   cert: readFileSync(config.cert_file),
   key: readFileSync(config.key_file),
 }, (req, res) => {
-  if (req.method === 'GET' && req.url === '/peer/stats') {
+  // The request target may be in absolute form (https://host/path), as some clients send.
+  const { pathname: path } = new URL(req.url, 'https://127.0.0.1');
+  if (req.method === 'GET' && path === '/peer/stats') {
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify(stats));
     return;
   }
   if (req.method === 'POST') {
-    const path = req.url.split('?')[0];
     if (path === '/token/introspection') stats.introspections += 1;
     else if (path === '/token/revocation') stats.revocations += 1;
     else if (path === '/token') stats.tokens += 1;

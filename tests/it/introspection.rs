@@ -1,0 +1,269 @@
+//! `type = "introspection"` (RFC 7662) against a real authorization server, node-oidc-provider (issue 14): mapping, each client authentication method, revocation, provider down and back, no token in the logs.
+
+use serde_json::{Value, json};
+
+use crate::assert_eventually;
+use crate::support::oidc_provider::{self, APP, BASIC, JWT, OidcProvider, POST, ROBOT};
+use crate::support::{Opts, TestServer, secrets};
+
+/// How tokenhook authenticates to the provider.
+#[derive(Debug, Clone, Copy)]
+enum Auth {
+    Basic,
+    Post,
+    PrivateKeyJwt,
+}
+
+/// The `[[verifiers]]` entry for `p`: discovery from the issuer, the provider's CA, client
+/// authentication `auth`, a one-second positive cache, and claimMappings over the
+/// introspection response: username from `sub` (else `client:` + `client_id`), groups from
+/// `groups`, extra from `client_id` and `scope`.
+fn verifier_toml(p: &OidcProvider, auth: Auth) -> String {
+    let (client_id, method, credential) = match auth {
+        Auth::Basic => (
+            BASIC,
+            "client_secret_basic",
+            format!("client_secret_file = {:?}", p.path("tokenhook.secret")),
+        ),
+        Auth::Post => (
+            POST,
+            "client_secret_post",
+            format!("client_secret_file = {:?}", p.path("tokenhook-post.secret")),
+        ),
+        Auth::PrivateKeyJwt => (
+            JWT,
+            "private_key_jwt",
+            format!("private_key_file = {:?}", p.path("tokenhook-jwt.key")),
+        ),
+    };
+    format!(
+        r#"
+[[verifiers]]
+type = "introspection"
+issuer = "{issuer}"
+certificateAuthority = """
+{ca}"""
+client_id = "{client_id}"
+client_auth_method = "{method}"
+{credential}
+cache_ttl_seconds = 1
+
+[verifiers.claimMappings.username]
+expression = "claims.?sub.orValue('client:' + claims.client_id)"
+[verifiers.claimMappings.groups]
+claim = "groups"
+prefix = ""
+[[verifiers.claimMappings.extra]]
+key = "example.com/client-id"
+valueExpression = "claims.client_id"
+[[verifiers.claimMappings.extra]]
+key = "example.com/scope"
+valueExpression = "claims.scope.split(' ')"
+"#,
+        issuer = p.issuer,
+        ca = p.ca.pem,
+    )
+}
+
+async fn tokenhook(p: &OidcProvider, auth: Auth) -> TestServer {
+    TestServer::start(Opts {
+        extra_toml: verifier_toml(p, auth),
+        ..Opts::default()
+    })
+    .await
+}
+
+fn status(r: &crate::support::Resp) -> Value {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["status"].clone()
+}
+
+#[tokio::test]
+async fn an_active_token_is_the_user_its_introspection_response_names() {
+    let p = OidcProvider::start().await;
+    let s = tokenhook(&p, Auth::Basic).await;
+    let c = s.client();
+
+    let token = p.token(APP, "kube:read kube:write").await;
+    assert_eq!(p.introspect(&token).await["active"], true);
+    let st = status(&c.review(&token, &[]).await);
+    assert_eq!(st["authenticated"], true, "{st}");
+    assert_eq!(
+        st["user"],
+        json!({
+            "username": "robot-1",
+            "groups": ["ci", "deployers"],
+            "extra": {
+                "example.com/client-id": ["app"],
+                "example.com/scope": ["kube:read", "kube:write"],
+            },
+        })
+    );
+
+    // No `sub` in this client's tokens: the username falls back to the client id.
+    let token = p.token(ROBOT, "kube:read").await;
+    let st = status(&c.review(&token, &[]).await);
+    assert_eq!(st["authenticated"], true, "{st}");
+    assert_eq!(st["user"]["username"], "client:robot");
+    assert_eq!(
+        st["user"]["extra"]["example.com/scope"],
+        json!(["kube:read"])
+    );
+
+    // A token the provider never issued: `active: false`, a plain no.
+    let unknown = format!("never-issued-{}", uuid::Uuid::new_v4().simple());
+    let st = status(&c.review(&unknown, &[]).await);
+    assert_eq!(st["authenticated"], false, "{st}");
+    assert!(st.get("user").is_none_or(|u| u.get("username").is_none()));
+    secrets::check();
+}
+
+#[tokio::test]
+async fn each_client_authentication_method_is_accepted_by_the_provider() {
+    let p = OidcProvider::start().await;
+    for auth in [Auth::Basic, Auth::Post, Auth::PrivateKeyJwt] {
+        let s = tokenhook(&p, auth).await;
+        let c = s.client();
+        // Two tokens, so two introspection calls: with private_key_jwt each carries a fresh
+        // assertion (the provider refuses a replayed `jti`).
+        for _ in 0..2 {
+            let token = p.token(APP, "kube:read").await;
+            let st = status(&c.review(&token, &[]).await);
+            assert_eq!(st["authenticated"], true, "{auth:?}: {st}");
+            assert_eq!(st["user"]["username"], "robot-1", "{auth:?}");
+        }
+    }
+    // All six introspections (and none of the test's own) reached the provider.
+    assert_eq!(p.stats().await.introspections, 6);
+    secrets::check();
+}
+
+#[tokio::test]
+async fn a_rejected_client_secret_is_could_not_check_not_no() {
+    let p = OidcProvider::start().await;
+    let s = tokenhook(&p, Auth::Basic).await;
+    // tokenhook's secret no longer matches the provider's: a configuration error, which
+    // must not turn valid tokens into a cacheable "no".
+    let secret_file = p.path("tokenhook.secret");
+    std::fs::write(&secret_file, "not-the-secret-of-tokenhook").unwrap();
+    secrets::secret("not-the-secret-of-tokenhook");
+    let token = p.token(APP, "kube:read").await;
+    let c = s.client();
+    assert_eventually!(
+        10,
+        c.review(&token, &[]).await.status == 503,
+        "the changed secret file was not picked up"
+    );
+    let r = c.review(&token, &[]).await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.headers.contains_key("retry-after"));
+    // Restored (client_secret_file is reloaded): authenticated again.
+    std::fs::write(&secret_file, p.secret(BASIC)).unwrap();
+    assert_eventually!(
+        10,
+        c.review(&token, &[]).await.json()["status"]["authenticated"] == true,
+        "the restored secret file was not picked up"
+    );
+    secrets::check();
+}
+
+#[tokio::test]
+async fn a_token_revoked_at_the_provider_is_refused_once_the_cache_lifetime_has_passed() {
+    let p = OidcProvider::start().await;
+    let s = tokenhook(&p, Auth::Basic).await;
+    let c = s.client();
+    let token = p.token(APP, "kube:read").await;
+    let other = p.token(APP, "kube:read").await;
+    assert_eq!(status(&c.review(&token, &[]).await)["authenticated"], true);
+    assert_eq!(status(&c.review(&other, &[]).await)["authenticated"], true);
+
+    p.revoke(APP, &token).await;
+    assert_eq!(p.introspect(&token).await, json!({"active": false}));
+    // Revocation latency is the positive cache lifetime (1 s here): until then the cached
+    // answer may stand; after it, the provider's "no" is the answer.
+    assert_eventually!(
+        30,
+        status(&c.review(&token, &[]).await)["authenticated"] == false,
+        "the revoked token is still accepted"
+    );
+    assert_eq!(status(&c.review(&token, &[]).await)["authenticated"], false);
+    // The other token of the same client is untouched.
+    assert_eq!(status(&c.review(&other, &[]).await)["authenticated"], true);
+    secrets::check();
+}
+
+#[tokio::test]
+async fn provider_stopped_is_503_with_retry_after_and_recovers_when_it_is_back() {
+    let mut p = OidcProvider::start().await;
+    let s = tokenhook(&p, Auth::Basic).await;
+    let c = s.client();
+    let seen = p.token(APP, "kube:read").await;
+    let unseen = p.token(APP, "kube:write").await;
+    assert_eq!(status(&c.review(&seen, &[]).await)["authenticated"], true);
+
+    p.stop().await;
+    // A token never reviewed cannot be checked: 503 + Retry-After, a `Status`, not a "no".
+    for _ in 0..2 {
+        let r = c.review(&unseen, &[]).await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+        assert_eq!(r.json()["kind"], "Status");
+    }
+    // The reviewed one is answered from the cache until its lifetime passes, then is
+    // "could not check" too; never "no".
+    let mut answers = Vec::new();
+    assert_eventually!(
+        30,
+        {
+            let r = c.review(&seen, &[]).await;
+            let code = r.status.as_u16();
+            if code == 200 {
+                answers.push(r.json()["status"]["authenticated"].clone());
+            }
+            code == 503
+        },
+        "the cached answer outlived its lifetime"
+    );
+    assert!(answers.iter().all(|a| *a == true), "{answers:?}");
+
+    // Back (same port, same tokens): both authenticate again.
+    p.restart().await;
+    assert_eventually!(
+        30,
+        {
+            let r = c.review(&unseen, &[]).await;
+            r.status == 200 && r.json()["status"]["authenticated"] == true
+        },
+        "no recovery after the provider came back"
+    );
+    assert_eq!(status(&c.review(&seen, &[]).await)["authenticated"], true);
+    secrets::check();
+}
+
+#[tokio::test]
+async fn the_peer_is_a_real_provider() {
+    // The support module's own contract, checked against the provider itself rather than
+    // through tokenhook: opaque tokens (not JWTs), RFC 7009 revocation, state kept over a
+    // restart, stats counting requests.
+    let mut p = OidcProvider::start().await;
+    let token = p.token(APP, "kube:read").await;
+    assert_eq!(token.split('.').count(), 1, "not an opaque token");
+    let v = p.introspect(&token).await;
+    assert_eq!(v["active"], true);
+    assert_eq!(v["client_id"], APP);
+    assert_eq!(v["iss"], p.issuer.as_str());
+    assert_eq!(v["scope"], "kube:read");
+    p.restart().await;
+    assert_eq!(p.introspect(&token).await["active"], true);
+    p.revoke(APP, &token).await;
+    assert_eq!(p.introspect(&token).await["active"], false);
+    assert_eq!(
+        p.stats().await,
+        oidc_provider::Stats {
+            introspections: 2,
+            revocations: 1,
+            tokens: 0
+        }
+    );
+    secrets::check();
+}
