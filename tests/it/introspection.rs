@@ -15,10 +15,10 @@ enum Auth {
 }
 
 /// The `[[verifiers]]` entry for `p`: discovery from the issuer, the provider's CA, client
-/// authentication `auth`, a one-second positive cache, and claimMappings over the
+/// authentication `auth`, a positive cache of `ttl` seconds, and claimMappings over the
 /// introspection response: username from `sub` (else `client:` + `client_id`), groups from
 /// `groups`, extra from `client_id` and `scope`.
-fn verifier_toml(p: &OidcProvider, auth: Auth) -> String {
+fn verifier_toml(p: &OidcProvider, auth: Auth, ttl: u64) -> String {
     let (client_id, method, credential) = match auth {
         Auth::Basic => (
             BASIC,
@@ -46,7 +46,7 @@ certificateAuthority = """
 client_id = "{client_id}"
 client_auth_method = "{method}"
 {credential}
-cache_ttl_seconds = 1
+cache_ttl_seconds = {ttl}
 
 [verifiers.claimMappings.username]
 expression = "claims.?sub.orValue('client:' + claims.client_id)"
@@ -65,9 +65,14 @@ valueExpression = "claims.scope.split(' ')"
     )
 }
 
+/// tokenhook with the introspection verifier for `p`, cached for one second.
 async fn tokenhook(p: &OidcProvider, auth: Auth) -> TestServer {
+    tokenhook_with_ttl(p, auth, 1).await
+}
+
+async fn tokenhook_with_ttl(p: &OidcProvider, auth: Auth, ttl: u64) -> TestServer {
     TestServer::start(Opts {
-        extra_toml: verifier_toml(p, auth),
+        extra_toml: verifier_toml(p, auth, ttl),
         ..Opts::default()
     })
     .await
@@ -265,5 +270,27 @@ async fn the_peer_is_a_real_provider() {
             tokens: 0
         }
     );
+    secrets::check();
+}
+
+#[tokio::test]
+async fn concurrent_reviews_of_one_token_make_one_introspection_call() {
+    let p = OidcProvider::start().await;
+    // Cached long enough that every review below finds the first answer.
+    let s = tokenhook_with_ttl(&p, Auth::Basic, 300).await;
+    let token = p.token(APP, "kube:read").await;
+    let before = p.stats().await.introspections;
+    let reviews: Vec<_> = (0..200)
+        .map(|_| {
+            let (c, t) = (s.client(), token.clone());
+            tokio::spawn(async move { c.review(&t, &[]).await })
+        })
+        .collect();
+    for r in reviews {
+        let r = r.await.unwrap();
+        assert_eq!(status(&r)["authenticated"], true);
+    }
+    // One miss for all of them (concurrent misses coalesced), the rest from the cache.
+    assert_eq!(p.stats().await.introspections - before, 1);
     secrets::check();
 }
