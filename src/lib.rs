@@ -13,6 +13,7 @@ pub mod k8s;
 pub mod kubeconfig;
 pub mod metrics;
 pub mod mint;
+pub mod outbound;
 pub mod reload;
 pub mod review;
 pub mod server;

@@ -44,6 +44,13 @@ pub struct Metrics {
     pub tokens_minted: IntCounterVec,
     /// `tokenhook_jwks_refreshes_total{issuer,result}` (issuer: the configured URL).
     pub jwks_refreshes: IntCounterVec,
+    /// `tokenhook_upstream_requests_total{upstream,result}` (upstream: a configured verifier
+    /// name; result: see [`crate::outbound::result`]).
+    pub upstream_requests: IntCounterVec,
+    /// `tokenhook_upstream_request_duration_seconds{upstream}`: calls that were sent.
+    pub upstream_duration: HistogramVec,
+    /// `tokenhook_upstream_circuit_state{upstream}`: 0 closed, 1 half-open, 2 open.
+    pub upstream_circuit: IntGaugeVec,
     /// `tokenhook_build_info{version}`, always 1.
     pub build_info: IntGaugeVec,
     /// `tokenhook_connections_open`: TCP connections accepted and not yet closed.
@@ -188,6 +195,27 @@ impl Metrics {
                 "JWKS loads per configured issuer, by result.",
                 &["issuer", "result"],
             )?,
+            upstream_requests: counter(
+                "tokenhook_upstream_requests_total",
+                "Calls to upstream verifiers (introspection, TokenReview), by configured upstream and result.",
+                &["upstream", "result"],
+            )?,
+            upstream_duration: histogram(
+                "tokenhook_upstream_request_duration_seconds",
+                "Time one upstream call took (calls refused by the circuit or the concurrency limit are not observed).",
+                &["upstream"],
+            )?,
+            upstream_circuit: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "tokenhook_upstream_circuit_state",
+                        "Circuit breaker per upstream: 0 closed, 1 half-open (probing), 2 open (failing fast).",
+                    ),
+                    &["upstream"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
             build_info: {
                 let g = IntGaugeVec::new(
                     Opts::new(

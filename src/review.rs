@@ -244,7 +244,7 @@ async fn decide(
     spec_audiences: &[String],
 ) -> Result<Arc<Cached>, VerifyError> {
     let now = app.clock.now();
-    let decision = app.chain.verify(token, now).await?;
+    let decision = app.chain.verify_for(token, spec_audiences, now).await?;
     let cfg = app.cache.config();
     let negative = |status: TokenReviewStatus| (status, cfg.negative_ttl);
     let (status, ttl) = match decision.outcome {
@@ -257,9 +257,10 @@ async fn decide(
             };
             match audiences(spec_audiences, api, id.audiences.as_deref()) {
                 Some(auds) => {
-                    let ttl = id
-                        .expires_at
-                        .map_or(cfg.ttl, |exp| cfg.ttl.min(now.until(exp)));
+                    // A verifier's own lifetime (introspection: revocation latency) or the
+                    // global one, never past the token's expiry.
+                    let ttl = decision.cache_ttl.unwrap_or(cfg.ttl);
+                    let ttl = id.expires_at.map_or(ttl, |exp| ttl.min(now.until(exp)));
                     (TokenReviewStatus::authenticated(id.user, auds), ttl)
                 }
                 None => {

@@ -273,6 +273,10 @@ pub enum VerifierConfig {
         /// The file.
         file: PathBuf,
     },
+    /// `type = "tokenreview"`: an upstream TokenReview webhook, described by a kubeconfig in
+    /// kube-apiserver's `--authentication-token-webhook-config-file` format.
+    #[serde(rename = "tokenreview")]
+    TokenReview(crate::verify::tokenreview::FileSettings),
 }
 
 /// Renders `c` as a commented TOML file showing every setting.
@@ -397,7 +401,9 @@ level = {llvl}
                 "\n[[verifiers]]\n# kube --token-auth-file CSV: token,user,uid[,\"groups\"[,\"audiences\"[,\"key=value,...\"]]]\ntype = \"static\"\nfile = {}\n",
                 q(&file.to_string_lossy())
             )),
-            VerifierConfig::Jwt { .. } | VerifierConfig::AuthenticationConfig { .. } => {
+            VerifierConfig::Jwt { .. }
+            | VerifierConfig::AuthenticationConfig { .. }
+            | VerifierConfig::TokenReview(_) => {
                 // Rendered through serde: these carry nested kube structures.
                 let mut doc = toml::Table::new();
                 if let Ok(toml::Value::Table(t)) = toml::Value::try_from(v) {

@@ -146,6 +146,8 @@ pub enum VerifierSpec {
         /// The file.
         file: PathBuf,
     },
+    /// An upstream TokenReview webhook.
+    TokenReview(Box<crate::verify::tokenreview::Settings>),
 }
 
 /// Paths that `webhook_path` may not shadow.
@@ -253,10 +255,9 @@ pub fn validate(f: &FileConfig, base: &Path) -> Result<Config, Vec<String>> {
                 .into(),
         );
     }
-    let verifiers = f
-        .verifiers
-        .iter()
-        .map(|v| match v {
+    let mut verifiers = Vec::with_capacity(f.verifiers.len());
+    for (i, v) in f.verifiers.iter().enumerate() {
+        let spec = match v {
             VerifierConfig::Static { file } => VerifierSpec::Static { file: rel(file) },
             VerifierConfig::ServiceAccount {} => VerifierSpec::ServiceAccount,
             VerifierConfig::Jwt {
@@ -283,8 +284,27 @@ pub fn validate(f: &FileConfig, base: &Path) -> Result<Config, Vec<String>> {
             VerifierConfig::AuthenticationConfig { file } => {
                 VerifierSpec::AuthenticationConfig { file: rel(file) }
             }
-        })
-        .collect::<Vec<_>>();
+            VerifierConfig::TokenReview(t) => match t.validate(i, &rel) {
+                Ok(settings) => VerifierSpec::TokenReview(Box::new(settings)),
+                Err(e) => {
+                    errs.extend(e);
+                    continue;
+                }
+            },
+        };
+        verifiers.push(spec);
+    }
+    let mut names = std::collections::HashSet::new();
+    for (i, v) in verifiers.iter().enumerate() {
+        if let VerifierSpec::TokenReview(t) = v
+            && !names.insert(t.name.clone())
+        {
+            errs.push(format!(
+                "verifiers[{i}].name: Duplicate value: {:?} (upstream names label metrics)",
+                t.name
+            ));
+        }
+    }
     for (i, v) in verifiers.iter().enumerate() {
         if let VerifierSpec::Jwt {
             authenticator,

@@ -34,7 +34,9 @@ use crate::verify::authn_config;
 use crate::verify::cel::CelEnv;
 use crate::verify::jwks::{IssuerKeys, KeySource};
 use crate::verify::oidc::{Jwt, JwtIssuer, JwtSettings, build_all, spawn_refresh};
+use crate::verify::selector::KnownIssuers;
 use crate::verify::static_file::{TokenFileError, TokenTable};
+use crate::verify::tokenreview::TokenReview;
 use crate::verify::{AnyVerifier, Chain, Digest, ServiceAccount, StaticFile};
 use caller::{CallerAuth, ClientCert};
 
@@ -84,6 +86,14 @@ pub enum BindError {
     /// An AuthenticationConfiguration file is unusable.
     #[error("loading the AuthenticationConfiguration")]
     AuthnConfig(#[from] crate::verify::authn_config::AuthnConfigError),
+    /// An upstream verifier (tokenreview, introspection) could not be set up.
+    #[error("verifier {verifier}: {reason}")]
+    Upstream {
+        /// Which one (`verifiers[i]`).
+        verifier: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// Local or inline JWKS could not be loaded.
     #[error("loading JWKS")]
     JwtKeys(#[from] crate::verify::jwks::FetchError),
@@ -262,6 +272,9 @@ impl Server {
         let (reload_now, reload_rx) = watch::channel(0u64);
         let cel = Arc::new(CelEnv::new().map_err(|e| BindError::Jwt(vec![e]))?);
         let mut verifiers = Vec::new();
+        // Filled once the chain is built: the default selector of upstream verifiers leaves
+        // the tokens of every configured JWT issuer alone.
+        let known_issuers = KnownIssuers::default();
         for (i, spec) in config.verifiers.iter().enumerate() {
             match spec {
                 VerifierSpec::Static { file } => {
@@ -324,8 +337,31 @@ impl Server {
                         verifiers.push(AnyVerifier::ServiceAccount(ServiceAccount::new(i.clone())));
                     }
                 }
+                VerifierSpec::TokenReview(settings) => {
+                    let v = TokenReview::build(
+                        settings,
+                        &known_issuers,
+                        &config.api_audiences,
+                        &metrics,
+                        config.reload_interval,
+                    )
+                    .map_err(|reason| BindError::Upstream {
+                        verifier: format!("verifiers[{i}]"),
+                        reason,
+                    })?;
+                    verifiers.push(AnyVerifier::TokenReview(v));
+                }
             }
         }
+        known_issuers.set(
+            verifiers
+                .iter()
+                .filter_map(|v| match v {
+                    AnyVerifier::Jwt(j) => Some(j.clone()),
+                    _ => None,
+                })
+                .collect(),
+        );
         let caller_tokens = match &config.callers.tokens_file {
             Some(path) => {
                 let (table, bytes) = load_table(path)?;

@@ -8,27 +8,17 @@ use arc_swap::ArcSwapOption;
 use aws_lc_rs::signature;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 use tokio::sync::Mutex;
 
 use crate::metrics::Metrics;
+use crate::outbound::HttpsClient;
 
 /// Signature algorithms accepted from issuers. Never `none`, never an HMAC (a public key
 /// must not double as a shared secret).
 pub const ALLOWED_ALGS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 ];
-
-/// Largest discovery or JWKS document accepted.
-const MAX_DOCUMENT: usize = 1 << 20;
 
 /// One public key with a verifier for each algorithm it may be used with, straight through
 /// aws-lc-rs (the provider rustls already carries): a JWT verification is one signature
@@ -243,87 +233,23 @@ pub enum FetchError {
     },
 }
 
-/// An HTTPS client trusting either the issuer's CA or the system roots.
-#[derive(Clone)]
-pub struct HttpsClient {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
-    timeout: Duration,
-}
-
-impl HttpsClient {
-    /// A client for one issuer. `ca_pem`: the issuer's `certificateAuthority`, else the
-    /// system trust store.
-    ///
-    /// # Errors
-    /// An unusable CA bundle.
-    pub fn new(ca_pem: Option<&str>, timeout: Duration) -> Result<Self, String> {
-        let provider = crate::server::tls::provider();
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
-        let mut roots = rustls::RootCertStore::empty();
-        match ca_pem {
-            Some(pem) => {
-                for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                    roots
-                        .add(c.map_err(|e| format!("certificateAuthority: {e}"))?)
-                        .map_err(|e| format!("certificateAuthority: {e}"))?;
-                }
-                if roots.is_empty() {
-                    return Err("certificateAuthority holds no certificate".into());
-                }
+impl From<crate::outbound::OutboundError> for FetchError {
+    fn from(e: crate::outbound::OutboundError) -> Self {
+        use crate::outbound::OutboundError as O;
+        match e {
+            O::Transport { url, reason } | O::Reset { url, reason } => {
+                FetchError::Transport { url, reason }
             }
-            None => {
-                for c in rustls_native_certs::load_native_certs().certs {
-                    let _ = roots.add(c);
-                }
-            }
+            O::Timeout { url, after } => FetchError::Transport {
+                url,
+                reason: format!("no answer within {after:?}"),
+            },
+            O::Status { url, status } => FetchError::Document {
+                url,
+                reason: format!("status {status}"),
+            },
+            O::Document { url, reason } => FetchError::Document { url, reason },
         }
-        let tls = builder.with_root_certificates(roots).with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_all_versions()
-            .build();
-        Ok(HttpsClient {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            timeout,
-        })
-    }
-
-    /// GETs `url` and parses JSON (200 only, at most 1 MiB, within the timeout).
-    ///
-    /// # Errors
-    /// Transport, status, size or JSON problems.
-    pub async fn get_json(&self, url: &str) -> Result<Value, FetchError> {
-        let transport = |reason: String| FetchError::Transport {
-            url: url.to_owned(),
-            reason,
-        };
-        let document = |reason: String| FetchError::Document {
-            url: url.to_owned(),
-            reason,
-        };
-        let uri: http::Uri = url.parse().map_err(|e| document(format!("bad URL: {e}")))?;
-        let fetch = async {
-            let resp = self
-                .client
-                .get(uri)
-                .await
-                .map_err(|e| transport(format!("{e:#}")))?;
-            if resp.status() != http::StatusCode::OK {
-                return Err(document(format!("status {}", resp.status())));
-            }
-            let body = Limited::new(resp.into_body(), MAX_DOCUMENT)
-                .collect()
-                .await
-                .map_err(|e| transport(e.to_string()))?
-                .to_bytes();
-            serde_json::from_slice(&body).map_err(|e| document(format!("not JSON: {e}")))
-        };
-        tokio::time::timeout(self.timeout, fetch)
-            .await
-            .map_err(|_| transport(format!("no answer within {:?}", self.timeout)))?
     }
 }
 

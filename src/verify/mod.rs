@@ -4,8 +4,10 @@ pub mod authn_config;
 pub mod cel;
 pub mod jwks;
 pub mod oidc;
+pub mod selector;
 pub mod service_account;
 pub mod static_file;
+pub mod tokenreview;
 
 use std::fmt;
 use std::future::Future;
@@ -166,6 +168,8 @@ pub enum RejectReason {
     Invalidated,
     /// A claim validation rule, user validation rule or claim mapping failed.
     ClaimRule,
+    /// An upstream (TokenReview webhook, introspection endpoint) said no.
+    UpstreamRejected,
 }
 
 impl RejectReason {
@@ -181,6 +185,7 @@ impl RejectReason {
             RejectReason::UnknownKey => "unknown_kid",
             RejectReason::Invalidated => "invalidated",
             RejectReason::ClaimRule => "claim_rule",
+            RejectReason::UpstreamRejected => "upstream_rejected",
         }
     }
 }
@@ -237,6 +242,8 @@ pub enum AnyVerifier {
     ServiceAccount(ServiceAccount),
     /// JWT/OIDC issuers.
     Jwt(oidc::Jwt),
+    /// An upstream TokenReview webhook.
+    TokenReview(tokenreview::TokenReview),
 }
 
 impl AnyVerifier {
@@ -246,14 +253,30 @@ impl AnyVerifier {
             AnyVerifier::Static(_) => "static",
             AnyVerifier::ServiceAccount(_) => "service_account",
             AnyVerifier::Jwt(j) => j.kind,
+            AnyVerifier::TokenReview(_) => "tokenreview",
         }
     }
 
-    async fn verify(&self, token: &Token, now: UnixTime) -> Result<Outcome, VerifyError> {
+    /// How long this verifier's "yes" may be cached, when not `[cache] ttl_seconds`.
+    pub fn cache_ttl(&self) -> Option<std::time::Duration> {
+        match self {
+            AnyVerifier::TokenReview(v) => v.cache_ttl(),
+            _ => None,
+        }
+    }
+
+    async fn verify(
+        &self,
+        token: &Token,
+        audiences: &[String],
+        now: UnixTime,
+    ) -> Result<Outcome, VerifyError> {
         match self {
             AnyVerifier::Static(v) => v.verify(token, now).await,
             AnyVerifier::ServiceAccount(v) => v.verify(token, now).await,
             AnyVerifier::Jwt(v) => v.verify(token, now).await,
+            // Upstream webhooks are told the audiences, as kube's webhook client tells them.
+            AnyVerifier::TokenReview(v) => v.review(token, audiences).await,
         }
     }
 }
@@ -265,6 +288,8 @@ pub struct Decision {
     pub outcome: Outcome,
     /// Kind of the deciding verifier, `none` when nobody claimed it.
     pub verifier: &'static str,
+    /// The deciding verifier's own positive cache lifetime, if it has one.
+    pub cache_ttl: Option<std::time::Duration>,
 }
 
 /// The ordered verifiers: the first that does not answer `NotMine` decides.
@@ -279,14 +304,26 @@ impl Chain {
         Chain { verifiers, metrics }
     }
 
-    /// Readiness checks: one per JWT issuer, true once it has keys.
+    /// Readiness checks: one per JWT issuer, true once it has keys; one per upstream,
+    /// naming its circuit's state but always passing (an upstream that is down must not take
+    /// every replica, and the verifiers that still work, out of service).
     pub fn readiness(&self) -> Vec<(String, bool)> {
         let mut out = Vec::new();
         for v in &self.verifiers {
-            if let AnyVerifier::Jwt(j) = v {
-                for i in j.issuers() {
-                    out.push((format!("jwt-issuer {}", i.url), i.keys.current().is_some()));
+            match v {
+                AnyVerifier::Jwt(j) => {
+                    for i in j.issuers() {
+                        out.push((format!("jwt-issuer {}", i.url), i.keys.current().is_some()));
+                    }
                 }
+                AnyVerifier::TokenReview(t) => {
+                    let u = t.upstream();
+                    out.push((
+                        format!("upstream {} circuit {}", u.name(), u.state().as_str()),
+                        true,
+                    ));
+                }
+                _ => {}
             }
         }
         out.sort();
@@ -299,10 +336,24 @@ impl Chain {
     /// The first verifier that cannot check the token stops the chain with its error: moving
     /// on could let a later verifier say "no" to a token the broken one would have accepted.
     pub async fn verify(&self, token: &Token, now: UnixTime) -> Result<Decision, VerifyError> {
+        self.verify_for(token, &[], now).await
+    }
+
+    /// [`Chain::verify`] for a review asking for `audiences` (`spec.audiences`), which
+    /// upstream webhooks are told.
+    ///
+    /// # Errors
+    /// As [`Chain::verify`].
+    pub async fn verify_for(
+        &self,
+        token: &Token,
+        audiences: &[String],
+        now: UnixTime,
+    ) -> Result<Decision, VerifyError> {
         // One clock read per verifier: each one's end is the next one's start.
         let mut started = Instant::now();
         for v in &self.verifiers {
-            let result = v.verify(token, now).await;
+            let result = v.verify(token, audiences, now).await;
             let ended = Instant::now();
             self.metrics
                 .verifier_took(v.kind(), ended.saturating_duration_since(started));
@@ -313,6 +364,7 @@ impl Chain {
                     return Ok(Decision {
                         outcome,
                         verifier: v.kind(),
+                        cache_ttl: v.cache_ttl(),
                     });
                 }
             }
@@ -320,6 +372,7 @@ impl Chain {
         Ok(Decision {
             outcome: Outcome::NotMine,
             verifier: "none",
+            cache_ttl: None,
         })
     }
 }

@@ -13,11 +13,12 @@ use serde_json::{Map, Value, json};
 
 use super::authn_config::{JwtAuthenticator, validate};
 use super::cel::{CelEnv, Expr};
-use super::jwks::{ALLOWED_ALGS, HttpsClient, IssuerKeys, KeySource};
+use super::jwks::{ALLOWED_ALGS, IssuerKeys, KeySource};
 use super::{Identity, Outcome, RejectReason, Rejection, Token, Verifier, VerifyError};
 use crate::clock::UnixTime;
 use crate::k8s::token_review::UserInfo;
 use crate::metrics::Metrics;
+use crate::outbound::HttpsClient;
 
 /// kube's extra key for the token id.
 const CREDENTIAL_ID: &str = "authentication.kubernetes.io/credential-id";
@@ -647,6 +648,11 @@ impl Jwt {
     /// The current issuers.
     pub fn issuers(&self) -> Vec<Arc<JwtIssuer>> {
         self.issuers.load().values().cloned().collect()
+    }
+
+    /// Whether `iss` is one of the current issuers' URLs.
+    pub fn has_issuer(&self, iss: &str) -> bool {
+        self.issuers.load().contains_key(iss)
     }
 }
 
