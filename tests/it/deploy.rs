@@ -755,6 +755,7 @@ fn deploy_rendered_config_is_a_valid_tokenhook_configuration_on_mounted_paths() 
                 named.push(file.clone());
             }
             VerifierConfig::Jwt { jwks_file, .. } => named.extend(jwks_file.clone()),
+            VerifierConfig::TokenReview(t) => named.push(t.kubeconfig.clone()),
             VerifierConfig::ServiceAccount {} => {}
         }
     }

@@ -155,17 +155,18 @@ async fn a_rejected_client_secret_is_could_not_check_not_no() {
     let token = p.token(APP, "kube:read").await;
     let c = s.client();
     assert_eventually!(
-        10,
+        30,
         c.review(&token, &[]).await.status == 503,
         "the changed secret file was not picked up"
     );
     let r = c.review(&token, &[]).await;
     assert_eq!(r.status, 503, "{}", r.text());
     assert!(r.headers.contains_key("retry-after"));
-    // Restored (client_secret_file is reloaded): authenticated again.
+    // Restored (client_secret_file is reloaded): authenticated again, once any circuit
+    // opened by the failures has let a probe through.
     std::fs::write(&secret_file, p.secret(BASIC)).unwrap();
     assert_eventually!(
-        10,
+        30,
         c.review(&token, &[]).await.json()["status"]["authenticated"] == true,
         "the restored secret file was not picked up"
     );
