@@ -17,8 +17,8 @@ enum Auth {
 /// The `[[verifiers]]` entry for `p`: discovery from the issuer, the provider's CA, client
 /// authentication `auth`, a positive cache of `ttl` seconds, and claimMappings over the
 /// introspection response: username from `sub` (else `client:` + `client_id`), groups from
-/// `groups`, extra from `client_id` and `scope`.
-fn verifier_toml(p: &OidcProvider, auth: Auth, ttl: u64) -> String {
+/// `groups`, extra from `client_id` and `scope`; `keys` are more top-level keys.
+fn verifier_toml(p: &OidcProvider, auth: Auth, ttl: u64, keys: &str) -> String {
     let (client_id, method, credential) = match auth {
         Auth::Basic => (
             BASIC,
@@ -44,9 +44,10 @@ issuer = "{issuer}"
 certificateAuthority = """
 {ca}"""
 client_id = "{client_id}"
-client_auth_method = "{method}"
+client_auth = "{method}"
 {credential}
 cache_ttl_seconds = {ttl}
+{keys}
 
 [verifiers.claimMappings.username]
 expression = "claims.?sub.orValue('client:' + claims.client_id)"
@@ -67,12 +68,12 @@ valueExpression = "claims.scope.split(' ')"
 
 /// tokenhook with the introspection verifier for `p`, cached for one second.
 async fn tokenhook(p: &OidcProvider, auth: Auth) -> TestServer {
-    tokenhook_with_ttl(p, auth, 1).await
+    tokenhook_with(p, auth, 1, "").await
 }
 
-async fn tokenhook_with_ttl(p: &OidcProvider, auth: Auth, ttl: u64) -> TestServer {
+async fn tokenhook_with(p: &OidcProvider, auth: Auth, ttl: u64, keys: &str) -> TestServer {
     TestServer::start(Opts {
-        extra_toml: verifier_toml(p, auth, ttl),
+        extra_toml: verifier_toml(p, auth, ttl, keys),
         ..Opts::default()
     })
     .await
@@ -278,7 +279,7 @@ async fn the_peer_is_a_real_provider() {
 async fn concurrent_reviews_of_one_token_make_one_introspection_call() {
     let p = OidcProvider::start().await;
     // Cached long enough that every review below finds the first answer.
-    let s = tokenhook_with_ttl(&p, Auth::Basic, 300).await;
+    let s = tokenhook_with(&p, Auth::Basic, 300, "").await;
     let token = p.token(APP, "kube:read").await;
     let before = p.stats().await.introspections;
     let reviews: Vec<_> = (0..200)
@@ -293,5 +294,24 @@ async fn concurrent_reviews_of_one_token_make_one_introspection_call() {
     }
     // One miss for all of them (concurrent misses coalesced), the rest from the cache.
     assert_eq!(p.stats().await.introspections - before, 1);
+    secrets::check();
+}
+
+#[tokio::test]
+async fn required_scopes_and_the_issuer_are_checked() {
+    let p = OidcProvider::start().await;
+    let s = tokenhook_with(&p, Auth::Basic, 1, r#"required_scopes = ["kube:write"]"#).await;
+    let c = s.client();
+    let both = p.token(APP, "kube:read kube:write").await;
+    let read_only = p.token(APP, "kube:read").await;
+    // The provider says active (and names itself as `iss`) for both; tokenhook requires
+    // the scope.
+    assert_eq!(p.introspect(&read_only).await["active"], true);
+    assert_eq!(p.introspect(&both).await["iss"], p.issuer.as_str());
+    assert_eq!(status(&c.review(&both, &[]).await)["authenticated"], true);
+    assert_eq!(
+        status(&c.review(&read_only, &[]).await)["authenticated"],
+        false
+    );
     secrets::check();
 }
