@@ -21,3 +21,4 @@ mod reload;
 mod review;
 mod soak;
 mod transport;
+mod upstream;
