@@ -277,6 +277,8 @@ pub enum VerifierConfig {
     /// kube-apiserver's `--authentication-token-webhook-config-file` format.
     #[serde(rename = "tokenreview")]
     TokenReview(crate::verify::tokenreview::FileSettings),
+    /// `type = "introspection"`: an OAuth 2.0 token introspection endpoint (RFC 7662).
+    Introspection(crate::verify::introspection::FileSettings),
 }
 
 /// Renders `c` as a commented TOML file showing every setting.
@@ -403,7 +405,8 @@ level = {llvl}
             )),
             VerifierConfig::Jwt { .. }
             | VerifierConfig::AuthenticationConfig { .. }
-            | VerifierConfig::TokenReview(_) => {
+            | VerifierConfig::TokenReview(_)
+            | VerifierConfig::Introspection(_) => {
                 // Rendered through serde: these carry nested kube structures.
                 let mut doc = toml::Table::new();
                 if let Ok(toml::Value::Table(t)) = toml::Value::try_from(v) {

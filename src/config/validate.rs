@@ -148,6 +148,8 @@ pub enum VerifierSpec {
     },
     /// An upstream TokenReview webhook.
     TokenReview(Box<crate::verify::tokenreview::Settings>),
+    /// An OAuth 2.0 introspection endpoint.
+    Introspection(Box<crate::verify::introspection::Settings>),
 }
 
 /// Paths that `webhook_path` may not shadow.
@@ -291,17 +293,26 @@ pub fn validate(f: &FileConfig, base: &Path) -> Result<Config, Vec<String>> {
                     continue;
                 }
             },
+            VerifierConfig::Introspection(t) => match t.validate(i, &rel) {
+                Ok(settings) => VerifierSpec::Introspection(Box::new(settings)),
+                Err(e) => {
+                    errs.extend(e);
+                    continue;
+                }
+            },
         };
         verifiers.push(spec);
     }
     let mut names = std::collections::HashSet::new();
     for (i, v) in verifiers.iter().enumerate() {
-        if let VerifierSpec::TokenReview(t) = v
-            && !names.insert(t.name.clone())
-        {
+        let name = match v {
+            VerifierSpec::TokenReview(t) => &t.name,
+            VerifierSpec::Introspection(t) => &t.name,
+            _ => continue,
+        };
+        if !names.insert(name.clone()) {
             errs.push(format!(
-                "verifiers[{i}].name: Duplicate value: {:?} (upstream names label metrics)",
-                t.name
+                "verifiers[{i}].name: Duplicate value: {name:?} (upstream names label metrics)"
             ));
         }
     }

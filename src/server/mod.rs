@@ -32,6 +32,7 @@ use crate::mint::revocations::Revocations;
 use crate::reload::{self, Watched};
 use crate::verify::authn_config;
 use crate::verify::cel::CelEnv;
+use crate::verify::introspection::Introspection;
 use crate::verify::jwks::{IssuerKeys, KeySource};
 use crate::verify::oidc::{Jwt, JwtIssuer, JwtSettings, build_all, spawn_refresh};
 use crate::verify::selector::KnownIssuers;
@@ -350,6 +351,20 @@ impl Server {
                         reason,
                     })?;
                     verifiers.push(AnyVerifier::TokenReview(v));
+                }
+                VerifierSpec::Introspection(settings) => {
+                    let v = Introspection::build(
+                        settings,
+                        &known_issuers,
+                        cel.clone(),
+                        config.jwt.leeway,
+                        &metrics,
+                    )
+                    .map_err(|reason| BindError::Upstream {
+                        verifier: format!("verifiers[{i}]"),
+                        reason,
+                    })?;
+                    verifiers.push(AnyVerifier::Introspection(v));
                 }
             }
         }

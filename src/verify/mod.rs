@@ -2,6 +2,7 @@
 
 pub mod authn_config;
 pub mod cel;
+pub mod introspection;
 pub mod jwks;
 pub mod oidc;
 pub mod selector;
@@ -244,6 +245,8 @@ pub enum AnyVerifier {
     Jwt(oidc::Jwt),
     /// An upstream TokenReview webhook.
     TokenReview(tokenreview::TokenReview),
+    /// An OAuth 2.0 introspection endpoint.
+    Introspection(introspection::Introspection),
 }
 
 impl AnyVerifier {
@@ -254,6 +257,7 @@ impl AnyVerifier {
             AnyVerifier::ServiceAccount(_) => "service_account",
             AnyVerifier::Jwt(j) => j.kind,
             AnyVerifier::TokenReview(_) => "tokenreview",
+            AnyVerifier::Introspection(_) => "introspection",
         }
     }
 
@@ -261,6 +265,7 @@ impl AnyVerifier {
     pub fn cache_ttl(&self) -> Option<std::time::Duration> {
         match self {
             AnyVerifier::TokenReview(v) => v.cache_ttl(),
+            AnyVerifier::Introspection(v) => v.cache_ttl(),
             _ => None,
         }
     }
@@ -277,6 +282,7 @@ impl AnyVerifier {
             AnyVerifier::Jwt(v) => v.verify(token, now).await,
             // Upstream webhooks are told the audiences, as kube's webhook client tells them.
             AnyVerifier::TokenReview(v) => v.review(token, audiences).await,
+            AnyVerifier::Introspection(v) => v.verify(token, now).await,
         }
     }
 }
@@ -316,8 +322,12 @@ impl Chain {
                         out.push((format!("jwt-issuer {}", i.url), i.keys.current().is_some()));
                     }
                 }
-                AnyVerifier::TokenReview(t) => {
-                    let u = t.upstream();
+                AnyVerifier::TokenReview(_) | AnyVerifier::Introspection(_) => {
+                    let u = match v {
+                        AnyVerifier::TokenReview(t) => t.upstream(),
+                        AnyVerifier::Introspection(i) => i.upstream(),
+                        _ => continue,
+                    };
                     out.push((
                         format!("upstream {} circuit {}", u.name(), u.state().as_str()),
                         true,

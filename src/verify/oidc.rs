@@ -68,13 +68,10 @@ enum ClaimRule {
     Expr { expr: Expr, message: String },
 }
 
-/// One issuer, compiled.
-pub struct JwtIssuer {
-    /// The issuer URL (`iss`).
-    pub url: String,
-    audiences: Vec<String>,
-    /// Its keys.
-    pub keys: Arc<IssuerKeys>,
+/// Claims to a user, as kube's `claimValidationRules`, `claimMappings` and
+/// `userValidationRules` say, compiled once. Shared by JWT issuers and token introspection
+/// (whose response members are the claims).
+pub struct ClaimMapper {
     claim_rules: Vec<ClaimRule>,
     username: Mapping,
     username_from_email: bool,
@@ -82,6 +79,271 @@ pub struct JwtIssuer {
     uid: Option<Mapping>,
     extra: Vec<(String, Mapping)>,
     user_rules: Vec<(Expr, String)>,
+}
+
+/// A rejection as the `Err` of a mapping.
+fn no<T>(reason: RejectReason, detail: impl Into<String>) -> Result<T, Outcome> {
+    Err(reject(reason, detail))
+}
+
+impl ClaimMapper {
+    /// Compiles the rules and mappings; problems go to `errs`, named by `path` and
+    /// followed by `context`. `None` when something did not compile.
+    #[allow(clippy::type_complexity)] // the local mapping helper's compile callback
+    pub fn compile(
+        claim_validation_rules: &[super::authn_config::ClaimValidationRule],
+        m: &super::authn_config::ClaimMappings,
+        user_validation_rules: &[super::authn_config::UserValidationRule],
+        path: &str,
+        context: &str,
+        cel: &CelEnv,
+        errs: &mut Vec<String>,
+    ) -> Option<Self> {
+        let mut compile =
+            |src: &str, field: String, vars: &[&str]| match Expr::compile(cel, src, vars) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    errs.push(format!(
+                        "{path}.{field}: Invalid value: {src:?}: {e}{context}"
+                    ));
+                    None
+                }
+            };
+        let mapping =
+            |c: &str,
+             p: &Option<String>,
+             e: &str,
+             field: &str,
+             compile: &mut dyn FnMut(&str, String, &[&str]) -> Option<Expr>| {
+                if !e.is_empty() {
+                    compile(e, format!("claimMappings.{field}.expression"), &["claims"])
+                        .map(Mapping::Expr)
+                } else if !c.is_empty() {
+                    Some(Mapping::Claim {
+                        claim: c.to_owned(),
+                        prefix: p.clone().unwrap_or_default(),
+                    })
+                } else {
+                    None
+                }
+            };
+        let username = mapping(
+            &m.username.claim,
+            &m.username.prefix,
+            &m.username.expression,
+            "username",
+            &mut compile,
+        );
+        let groups = mapping(
+            &m.groups.claim,
+            &m.groups.prefix,
+            &m.groups.expression,
+            "groups",
+            &mut compile,
+        );
+        let uid = mapping(
+            &m.uid.claim,
+            &Some(String::new()),
+            &m.uid.expression,
+            "uid",
+            &mut compile,
+        );
+        let mut claim_rules = Vec::new();
+        for (i, r) in claim_validation_rules.iter().enumerate() {
+            if !r.expression.is_empty() {
+                if let Some(expr) = compile(
+                    &r.expression,
+                    format!("claimValidationRules[{i}].expression"),
+                    &["claims"],
+                ) {
+                    claim_rules.push(ClaimRule::Expr {
+                        expr,
+                        message: r.message.clone(),
+                    });
+                }
+            } else {
+                claim_rules.push(ClaimRule::Required {
+                    claim: r.claim.clone(),
+                    value: r.required_value.clone(),
+                });
+            }
+        }
+        let mut extra = Vec::new();
+        for (i, e) in m.extra.iter().enumerate() {
+            if let Some(x) = compile(
+                &e.value_expression,
+                format!("claimMappings.extra[{i}].valueExpression"),
+                &["claims"],
+            ) {
+                extra.push((e.key.clone(), Mapping::Expr(x)));
+            }
+        }
+        let mut user_rules = Vec::new();
+        for (i, r) in user_validation_rules.iter().enumerate() {
+            if let Some(x) = compile(
+                &r.expression,
+                format!("userValidationRules[{i}].expression"),
+                &["user"],
+            ) {
+                user_rules.push((x, r.message.clone()));
+            }
+        }
+        // kube: a username built from claims.email by expression must be paired with a
+        // check of claims.email_verified somewhere.
+        let uses_verified = |e: &str| e.contains("email_verified");
+        let without_verified = m.username.expression.replace("email_verified", "");
+        let uses_email = ["claims.email", "claims.?email"]
+            .iter()
+            .any(|p| without_verified.contains(p));
+        if uses_email && !uses_verified(&m.username.expression) {
+            let checked = claim_validation_rules
+                .iter()
+                .any(|r| uses_verified(&r.expression))
+                || m.extra.iter().any(|e| uses_verified(&e.value_expression));
+            if !checked {
+                errs.push(format!(
+                    "{path}.claimMappings.username.expression: Invalid value: {:?}: claims.email_verified must be used in claimMappings.username.expression or claimMappings.extra[*].valueExpression or claimValidationRules[*].expression when claims.email is used in claimMappings.username.expression",
+                    m.username.expression
+                ));
+            }
+        }
+        Some(ClaimMapper {
+            claim_rules,
+            username_from_email: m.username.claim == "email",
+            username: username?,
+            groups,
+            uid,
+            extra,
+            user_rules,
+        })
+    }
+
+    /// Checks the claim rules, maps the user and checks the user rules.
+    ///
+    /// # Errors
+    /// The rejection, when a rule fails or a mapping does not give what it must.
+    pub fn map(&self, claims_v: &Value, cel: &CelEnv) -> Result<UserInfo, Outcome> {
+        for r in &self.claim_rules {
+            match r {
+                ClaimRule::Required { claim, value } => {
+                    if claims_v.get(claim).and_then(Value::as_str) != Some(value.as_str()) {
+                        return no(
+                            RejectReason::ClaimRule,
+                            format!("claim rule \"{claim}\" failed: expected {value:?}"),
+                        );
+                    }
+                }
+                ClaimRule::Expr { expr, message } => {
+                    if let Err(o) =
+                        check_rule(expr, cel, &[("claims", &claims_v)], "claim rule", message)
+                    {
+                        return no(RejectReason::ClaimRule, o);
+                    }
+                }
+            }
+        }
+        if self.username_from_email
+            && let Some(v) = claims_v.get("email_verified")
+            && v != &Value::Bool(true)
+        {
+            return no(RejectReason::ClaimRule, "email not verified");
+        }
+        let eval_strings = |m: &Mapping, what: &str| -> Result<Vec<String>, String> {
+            match m {
+                Mapping::Claim { claim, prefix } => match claims_v.get(claim) {
+                    None | Some(Value::Null) => Ok(vec![]),
+                    Some(Value::String(s)) => Ok(vec![format!("{prefix}{s}")]),
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .map(|v| {
+                            v.as_str()
+                                .map(|s| format!("{prefix}{s}"))
+                                .ok_or_else(|| format!("{what} claim {claim:?} holds a non-string"))
+                        })
+                        .collect(),
+                    Some(_) => Err(format!("{what} claim {claim:?} is not a string")),
+                },
+                Mapping::Expr(e) => match e.eval(cel, &[("claims", &claims_v)]) {
+                    Ok(Value::String(s)) => Ok(vec![s]),
+                    Ok(Value::Array(a)) => a
+                        .iter()
+                        .map(|v| {
+                            v.as_str()
+                                .map(str::to_owned)
+                                .ok_or_else(|| format!("{what} expression returned a non-string"))
+                        })
+                        .collect(),
+                    Ok(Value::Null) => Ok(vec![]),
+                    Ok(other) => Err(format!("{what} expression returned {other}, not a string")),
+                    Err(err) => Err(format!("{what} expression \"{}\": {err}", e.source)),
+                },
+            }
+        };
+        let one = |m: &Mapping, what: &str| -> Result<String, String> {
+            let mut v = eval_strings(m, what)?;
+            if v.len() > 1 {
+                return Err(format!("{what} must be a single string"));
+            }
+            Ok(v.pop().unwrap_or_default())
+        };
+        let username = match one(&self.username, "username") {
+            Ok(u) if !u.is_empty() => u,
+            Ok(_) => return no(RejectReason::ClaimRule, "username is empty"),
+            Err(e) => return no(RejectReason::ClaimRule, e),
+        };
+        let groups = match self.groups.as_ref().map(|g| eval_strings(g, "groups")) {
+            None => vec![],
+            Some(Ok(g)) => g,
+            Some(Err(e)) => return no(RejectReason::ClaimRule, e),
+        };
+        let uid = match self.uid.as_ref().map(|u| one(u, "uid")) {
+            None => String::new(),
+            Some(Ok(u)) => u,
+            Some(Err(e)) => return no(RejectReason::ClaimRule, e),
+        };
+        let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (key, e) in &self.extra {
+            match eval_strings(e, &format!("extra {key}")) {
+                Ok(v) => {
+                    let v: Vec<String> = v.into_iter().filter(|s| !s.is_empty()).collect();
+                    if !v.is_empty() {
+                        extra.insert(key.clone(), v);
+                    }
+                }
+                Err(err) => return no(RejectReason::ClaimRule, err),
+            }
+        }
+        if let Some(Value::String(jti)) = claims_v.get("jti")
+            && !jti.is_empty()
+        {
+            extra.insert(CREDENTIAL_ID.into(), vec![format!("JTI={jti}")]);
+        }
+        let user = UserInfo {
+            username,
+            uid,
+            groups,
+            extra,
+        };
+        if !self.user_rules.is_empty() {
+            let user_v = json!({"username": user.username, "uid": user.uid, "groups": user.groups, "extra": user.extra});
+            for (expr, message) in &self.user_rules {
+                if let Err(o) = check_rule(expr, cel, &[("user", &user_v)], "user rule", message) {
+                    return no(RejectReason::ClaimRule, o);
+                }
+            }
+        }
+        Ok(user)
+    }
+}
+
+/// One issuer, compiled.
+pub struct JwtIssuer {
+    /// The issuer URL (`iss`).
+    pub url: String,
+    audiences: Vec<String>,
+    /// Its keys.
+    pub keys: Arc<IssuerKeys>,
+    mapper: ClaimMapper,
     leeway: u64,
 }
 
@@ -129,117 +391,15 @@ impl JwtIssuer {
             .into_iter()
             .map(|e| e.replacen("jwt[0]", path, 1))
             .collect::<Vec<_>>();
-        let mut compile =
-            |src: &str, field: String, vars: &[&str]| match Expr::compile(cel, src, vars) {
-                Ok(e) => Some(e),
-                Err(e) => {
-                    errs.push(format!(
-                        "{path}.{field}: Invalid value: {src:?}: {e} (issuer {})",
-                        a.issuer.url
-                    ));
-                    None
-                }
-            };
-        let m = &a.claim_mappings;
-        let mapping =
-            |c: &str,
-             p: &Option<String>,
-             e: &str,
-             field: &str,
-             compile: &mut dyn FnMut(&str, String, &[&str]) -> Option<Expr>| {
-                if !e.is_empty() {
-                    compile(e, format!("claimMappings.{field}.expression"), &["claims"])
-                        .map(Mapping::Expr)
-                } else if !c.is_empty() {
-                    Some(Mapping::Claim {
-                        claim: c.to_owned(),
-                        prefix: p.clone().unwrap_or_default(),
-                    })
-                } else {
-                    None
-                }
-            };
-        let username = mapping(
-            &m.username.claim,
-            &m.username.prefix,
-            &m.username.expression,
-            "username",
-            &mut compile,
+        let mapper = ClaimMapper::compile(
+            &a.claim_validation_rules,
+            &a.claim_mappings,
+            &a.user_validation_rules,
+            path,
+            &format!(" (issuer {})", a.issuer.url),
+            cel,
+            &mut errs,
         );
-        let groups = mapping(
-            &m.groups.claim,
-            &m.groups.prefix,
-            &m.groups.expression,
-            "groups",
-            &mut compile,
-        );
-        let uid = mapping(
-            &m.uid.claim,
-            &Some(String::new()),
-            &m.uid.expression,
-            "uid",
-            &mut compile,
-        );
-        let mut claim_rules = Vec::new();
-        for (i, r) in a.claim_validation_rules.iter().enumerate() {
-            if !r.expression.is_empty() {
-                if let Some(expr) = compile(
-                    &r.expression,
-                    format!("claimValidationRules[{i}].expression"),
-                    &["claims"],
-                ) {
-                    claim_rules.push(ClaimRule::Expr {
-                        expr,
-                        message: r.message.clone(),
-                    });
-                }
-            } else {
-                claim_rules.push(ClaimRule::Required {
-                    claim: r.claim.clone(),
-                    value: r.required_value.clone(),
-                });
-            }
-        }
-        let mut extra = Vec::new();
-        for (i, e) in m.extra.iter().enumerate() {
-            if let Some(x) = compile(
-                &e.value_expression,
-                format!("claimMappings.extra[{i}].valueExpression"),
-                &["claims"],
-            ) {
-                extra.push((e.key.clone(), Mapping::Expr(x)));
-            }
-        }
-        let mut user_rules = Vec::new();
-        for (i, r) in a.user_validation_rules.iter().enumerate() {
-            if let Some(x) = compile(
-                &r.expression,
-                format!("userValidationRules[{i}].expression"),
-                &["user"],
-            ) {
-                user_rules.push((x, r.message.clone()));
-            }
-        }
-        // kube: a username built from claims.email by expression must be paired with a
-        // check of claims.email_verified somewhere.
-        let uses_verified = |e: &str| e.contains("email_verified");
-        let without_verified = m.username.expression.replace("email_verified", "");
-        let uses_email = ["claims.email", "claims.?email"]
-            .iter()
-            .any(|p| without_verified.contains(p));
-        if uses_email && !uses_verified(&m.username.expression) {
-            let checked = a
-                .claim_validation_rules
-                .iter()
-                .any(|r| uses_verified(&r.expression))
-                || m.extra.iter().any(|e| uses_verified(&e.value_expression));
-            if !checked {
-                errs.push(format!(
-                    "{path}.claimMappings.username.expression: Invalid value: {:?}: claims.email_verified must be used in claimMappings.username.expression or claimMappings.extra[*].valueExpression or claimValidationRules[*].expression when claims.email is used in claimMappings.username.expression",
-                    m.username.expression
-                ));
-            }
-        }
         let ca = (!a.issuer.certificate_authority.is_empty())
             .then_some(a.issuer.certificate_authority.as_str());
         let ca_text = a.issuer.certificate_authority.clone();
@@ -277,8 +437,8 @@ impl JwtIssuer {
         {
             errs.push(format!("{path}.jwks_url: {u:?} must be an https URL"));
         }
-        match (errs.is_empty(), username, client) {
-            (true, Some(username), Some(client)) => Ok(JwtIssuer {
+        match (errs.is_empty(), mapper, client) {
+            (true, Some(mapper), Some(client)) => Ok(JwtIssuer {
                 url: a.issuer.url.clone(),
                 audiences: a.issuer.audiences.clone(),
                 keys: IssuerKeys::new(
@@ -289,13 +449,7 @@ impl JwtIssuer {
                     settings.min_refresh_interval,
                     metrics.clone(),
                 ),
-                claim_rules,
-                username_from_email: m.username.claim == "email",
-                username,
-                groups,
-                uid,
-                extra,
-                user_rules,
+                mapper,
                 leeway: settings.leeway.as_secs(),
             }),
             _ => Err(errs),
@@ -401,115 +555,10 @@ impl JwtIssuer {
             );
         }
         let claims_v = Value::Object(claims);
-        for r in &self.claim_rules {
-            match r {
-                ClaimRule::Required { claim, value } => {
-                    if claims_v.get(claim).and_then(Value::as_str) != Some(value.as_str()) {
-                        return reject(
-                            RejectReason::ClaimRule,
-                            format!("claim rule \"{claim}\" failed: expected {value:?}"),
-                        );
-                    }
-                }
-                ClaimRule::Expr { expr, message } => {
-                    if let Err(o) =
-                        check_rule(expr, cel, &[("claims", &claims_v)], "claim rule", message)
-                    {
-                        return reject(RejectReason::ClaimRule, o);
-                    }
-                }
-            }
-        }
-        if self.username_from_email
-            && let Some(v) = claims_v.get("email_verified")
-            && v != &Value::Bool(true)
-        {
-            return reject(RejectReason::ClaimRule, "email not verified");
-        }
-        let eval_strings = |m: &Mapping, what: &str| -> Result<Vec<String>, String> {
-            match m {
-                Mapping::Claim { claim, prefix } => match claims_v.get(claim) {
-                    None | Some(Value::Null) => Ok(vec![]),
-                    Some(Value::String(s)) => Ok(vec![format!("{prefix}{s}")]),
-                    Some(Value::Array(a)) => a
-                        .iter()
-                        .map(|v| {
-                            v.as_str()
-                                .map(|s| format!("{prefix}{s}"))
-                                .ok_or_else(|| format!("{what} claim {claim:?} holds a non-string"))
-                        })
-                        .collect(),
-                    Some(_) => Err(format!("{what} claim {claim:?} is not a string")),
-                },
-                Mapping::Expr(e) => match e.eval(cel, &[("claims", &claims_v)]) {
-                    Ok(Value::String(s)) => Ok(vec![s]),
-                    Ok(Value::Array(a)) => a
-                        .iter()
-                        .map(|v| {
-                            v.as_str()
-                                .map(str::to_owned)
-                                .ok_or_else(|| format!("{what} expression returned a non-string"))
-                        })
-                        .collect(),
-                    Ok(Value::Null) => Ok(vec![]),
-                    Ok(other) => Err(format!("{what} expression returned {other}, not a string")),
-                    Err(err) => Err(format!("{what} expression \"{}\": {err}", e.source)),
-                },
-            }
+        let user = match self.mapper.map(&claims_v, cel) {
+            Ok(u) => u,
+            Err(rejected) => return rejected,
         };
-        let one = |m: &Mapping, what: &str| -> Result<String, String> {
-            let mut v = eval_strings(m, what)?;
-            if v.len() > 1 {
-                return Err(format!("{what} must be a single string"));
-            }
-            Ok(v.pop().unwrap_or_default())
-        };
-        let username = match one(&self.username, "username") {
-            Ok(u) if !u.is_empty() => u,
-            Ok(_) => return reject(RejectReason::ClaimRule, "username is empty"),
-            Err(e) => return reject(RejectReason::ClaimRule, e),
-        };
-        let groups = match self.groups.as_ref().map(|g| eval_strings(g, "groups")) {
-            None => vec![],
-            Some(Ok(g)) => g,
-            Some(Err(e)) => return reject(RejectReason::ClaimRule, e),
-        };
-        let uid = match self.uid.as_ref().map(|u| one(u, "uid")) {
-            None => String::new(),
-            Some(Ok(u)) => u,
-            Some(Err(e)) => return reject(RejectReason::ClaimRule, e),
-        };
-        let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for (key, e) in &self.extra {
-            match eval_strings(e, &format!("extra {key}")) {
-                Ok(v) => {
-                    let v: Vec<String> = v.into_iter().filter(|s| !s.is_empty()).collect();
-                    if !v.is_empty() {
-                        extra.insert(key.clone(), v);
-                    }
-                }
-                Err(err) => return reject(RejectReason::ClaimRule, err),
-            }
-        }
-        if let Some(Value::String(jti)) = claims_v.get("jti")
-            && !jti.is_empty()
-        {
-            extra.insert(CREDENTIAL_ID.into(), vec![format!("JTI={jti}")]);
-        }
-        let user = UserInfo {
-            username,
-            uid,
-            groups,
-            extra,
-        };
-        if !self.user_rules.is_empty() {
-            let user_v = json!({"username": user.username, "uid": user.uid, "groups": user.groups, "extra": user.extra});
-            for (expr, message) in &self.user_rules {
-                if let Err(o) = check_rule(expr, cel, &[("user", &user_v)], "user rule", message) {
-                    return reject(RejectReason::ClaimRule, o);
-                }
-            }
-        }
         Outcome::Authenticated(Identity {
             user,
             // Audience-agnostic towards the review, as kube (DESIGN.md).

@@ -756,6 +756,10 @@ fn deploy_rendered_config_is_a_valid_tokenhook_configuration_on_mounted_paths() 
             }
             VerifierConfig::Jwt { jwks_file, .. } => named.extend(jwks_file.clone()),
             VerifierConfig::TokenReview(t) => named.push(t.kubeconfig.clone()),
+            VerifierConfig::Introspection(t) => {
+                named.extend(t.client_secret_file.clone());
+                named.extend(t.private_key_file.clone());
+            }
             VerifierConfig::ServiceAccount {} => {}
         }
     }
