@@ -147,8 +147,11 @@ impl OidcProvider {
         let key_pem = String::from_utf8(pkey.private_key_to_pem_pkcs8().unwrap()).unwrap();
         key_secrets(&key_pem);
         w(&format!("{JWT}.key"), &key_pem);
+        // The `kid` tokenhook puts in its assertions' header: kube's key id,
+        // base64url(SHA-256(DER SubjectPublicKeyInfo)), computed here independently.
+        let kid = URL_SAFE_NO_PAD.encode(openssl::sha::sha256(&pkey.public_key_to_der().unwrap()));
         let jwk = json!({
-            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": "tokenhook-1",
+            "kty": "RSA", "use": "sig", "alg": "RS256", "kid": kid,
             "n": URL_SAFE_NO_PAD.encode(rsa.n().to_vec()),
             "e": URL_SAFE_NO_PAD.encode(rsa.e().to_vec()),
         });
