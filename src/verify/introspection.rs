@@ -315,6 +315,9 @@ impl FileSettings {
     }
 }
 
+/// Request headers.
+type Headers = Vec<(http::HeaderName, HeaderValue)>;
+
 /// The verifier. Clones share the connections, the circuit and the discovered endpoint.
 #[derive(Clone)]
 pub struct Introspection {
@@ -474,7 +477,7 @@ impl Introspection {
         token: &Token,
         endpoint: &str,
         now: UnixTime,
-    ) -> Result<(Vec<u8>, Vec<(http::HeaderName, HeaderValue)>), String> {
+    ) -> Result<(Vec<u8>, Headers), String> {
         let s = &self.inner.settings;
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("token", token.expose());
@@ -683,7 +686,7 @@ impl Introspection {
         let claims_v = Value::Object(claims);
         let user = match self.inner.mapper.map(&claims_v, &self.inner.cel) {
             Ok(u) => u,
-            Err(rejected) => return rejected,
+            Err(r) => return Outcome::Rejected(r),
         };
         Outcome::Authenticated(Identity {
             user,
@@ -826,5 +829,44 @@ mod tests {
         ] {
             assert!(errs.iter().any(|e| e.contains(want)), "{want}: {errs:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod render_tests {
+    use crate::config::file::{FileConfig, VerifierConfig, render_commented};
+
+    #[test]
+    fn upstream_verifiers_render_and_read_back() {
+        let text = r#"
+[[verifiers]]
+type = "tokenreview"
+name = "cluster-b"
+kubeconfig = "b.kubeconfig"
+version = "v1"
+username_prefix = "b:"
+token_prefix = "k8s-aws-v1."
+
+[[verifiers]]
+type = "introspection"
+issuer = "https://idp.example"
+client_id = "tokenhook"
+client_secret_file = "secret"
+required_scopes = ["k8s"]
+claimValidationRules = [{ expression = "claims.client_id != 'x'", message = "no" }]
+token_regex = "^o"
+
+[verifiers.claimMappings]
+username = { claim = "sub", prefix = "idp:" }
+"#;
+        let f: FileConfig = toml::from_str(text).unwrap();
+        assert!(matches!(f.verifiers[0], VerifierConfig::TokenReview(_)));
+        assert!(matches!(f.verifiers[1], VerifierConfig::Introspection(_)));
+        let rendered = render_commented(&f);
+        let back: FileConfig = toml::from_str(&rendered).unwrap();
+        assert_eq!(back.verifiers, f.verifiers, "{rendered}");
+        // Unknown keys are errors here too.
+        let bad = text.replace("version = \"v1\"", "versoin = \"v1\"");
+        assert!(toml::from_str::<FileConfig>(&bad).is_err());
     }
 }

@@ -82,8 +82,11 @@ pub struct ClaimMapper {
 }
 
 /// A rejection as the `Err` of a mapping.
-fn no<T>(reason: RejectReason, detail: impl Into<String>) -> Result<T, Outcome> {
-    Err(reject(reason, detail))
+fn no<T>(reason: RejectReason, detail: impl Into<String>) -> Result<T, Rejection> {
+    Err(Rejection {
+        reason,
+        detail: detail.into(),
+    })
 }
 
 impl ClaimMapper {
@@ -222,7 +225,7 @@ impl ClaimMapper {
     ///
     /// # Errors
     /// The rejection, when a rule fails or a mapping does not give what it must.
-    pub fn map(&self, claims_v: &Value, cel: &CelEnv) -> Result<UserInfo, Outcome> {
+    pub fn map(&self, claims_v: &Value, cel: &CelEnv) -> Result<UserInfo, Rejection> {
         for r in &self.claim_rules {
             match r {
                 ClaimRule::Required { claim, value } => {
@@ -235,7 +238,7 @@ impl ClaimMapper {
                 }
                 ClaimRule::Expr { expr, message } => {
                     if let Err(o) =
-                        check_rule(expr, cel, &[("claims", &claims_v)], "claim rule", message)
+                        check_rule(expr, cel, &[("claims", claims_v)], "claim rule", message)
                     {
                         return no(RejectReason::ClaimRule, o);
                     }
@@ -263,7 +266,7 @@ impl ClaimMapper {
                         .collect(),
                     Some(_) => Err(format!("{what} claim {claim:?} is not a string")),
                 },
-                Mapping::Expr(e) => match e.eval(cel, &[("claims", &claims_v)]) {
+                Mapping::Expr(e) => match e.eval(cel, &[("claims", claims_v)]) {
                     Ok(Value::String(s)) => Ok(vec![s]),
                     Ok(Value::Array(a)) => a
                         .iter()
@@ -557,7 +560,7 @@ impl JwtIssuer {
         let claims_v = Value::Object(claims);
         let user = match self.mapper.map(&claims_v, cel) {
             Ok(u) => u,
-            Err(rejected) => return rejected,
+            Err(r) => return Outcome::Rejected(r),
         };
         Outcome::Authenticated(Identity {
             user,

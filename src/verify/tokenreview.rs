@@ -577,9 +577,9 @@ impl TokenReview {
             };
             // With no API audiences, an answer without audiences is audience-agnostic
             // (tokenhook's rule for every source, see the README); otherwise kube's check.
-            if !(status.audiences.is_empty() && got.is_empty())
-                && !audiences.iter().any(|a| got.contains(a))
-            {
+            let agnostic = status.audiences.is_empty() && got.is_empty();
+            let intersects = audiences.iter().any(|a| got.contains(a));
+            if !agnostic && !intersects {
                 return Outcome::Rejected(Rejection {
                     reason: RejectReason::AudienceMismatch,
                     detail: format!(
