@@ -12,6 +12,7 @@ pub mod config;
 pub mod dev;
 pub mod k8s;
 pub mod kubeconfig;
+pub mod logging;
 pub mod metrics;
 pub mod mint;
 pub mod outbound;

@@ -135,16 +135,29 @@ pub async fn handle(
         "unauthenticated"
     };
     app.metrics.review(cached.verifier, outcome);
-    tracing::info!(
-        api_version = version.as_str(),
-        verifier = cached.verifier,
-        outcome,
-        cache = if hit { "hit" } else { "miss" },
-        token = %token.digest().fingerprint(),
-        latency_us = started.elapsed().as_micros() as u64,
-        dry_run = options.dry_run,
-        "review"
-    );
+    // One line per review: at debug when the token was accepted (the common case, counted
+    // by `tokenhook_reviews_total`; at info it cost a third of the cache-hit throughput,
+    // issue 12), at info when it was not, so that refusals stay visible by default.
+    macro_rules! review_line {
+        ($level:expr) => {
+            tracing::event!(
+                $level,
+                api_version = version.as_str(),
+                verifier = cached.verifier,
+                outcome,
+                cache = if hit { "hit" } else { "miss" },
+                token = %token.digest().fingerprint(),
+                latency_us = started.elapsed().as_micros() as u64,
+                dry_run = options.dry_run,
+                "review"
+            )
+        };
+    }
+    if cached.authenticated {
+        review_line!(tracing::Level::DEBUG);
+    } else {
+        review_line!(tracing::Level::INFO);
+    }
 
     review.spec.token = token.into_raw();
     // The cached status is compact JSON, written as it is; a pretty answer decodes it again

@@ -16,6 +16,7 @@ mod hostile;
 mod introspection;
 mod jwt;
 mod mint;
+mod monitoring;
 mod operate;
 mod reload;
 mod review;
