@@ -814,6 +814,57 @@ mod tests {
     }
 
     #[test]
+    fn private_key_jwt_assertion_is_signed_for_the_endpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = crate::mint::keys::generate_pem(crate::mint::keys::Alg::ES256).unwrap();
+        let key = dir.path().join("client.key");
+        std::fs::write(&key, &pem).unwrap();
+        let f: FileSettings = toml::from_str(&format!(
+            "issuer = \"https://idp.example\"\nurl = \"https://idp.example/introspect\"\nclient_id = \"tokenhook\"\nclient_auth = \"private_key_jwt\"\nprivate_key_file = {:?}\n",
+            key.display().to_string()
+        ))
+        .unwrap();
+        let s = f.validate(0, &|p| p.clone()).unwrap();
+        let v = Introspection::build(
+            &s,
+            &KnownIssuers::default(),
+            Arc::new(CelEnv::new().unwrap()),
+            Duration::from_secs(60),
+            &Metrics::new().unwrap(),
+        )
+        .unwrap();
+        let (body, headers) = v
+            .request(
+                &Token::new("opaque".into()),
+                "https://idp.example/introspect",
+                UnixTime(1_000_000),
+            )
+            .unwrap();
+        assert!(headers.is_empty());
+        let form: std::collections::HashMap<String, String> =
+            form_urlencoded::parse(&body).into_owned().collect();
+        assert_eq!(form["client_id"], "tokenhook");
+        assert_eq!(
+            form["client_assertion_type"],
+            "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        );
+        let keys = crate::mint::keys::KeySet::load(&key, &[]).unwrap();
+        let (payload, _) = josekit::jws::deserialize_compact(
+            &form["client_assertion"],
+            &*keys.signing.public.verifier,
+        )
+        .unwrap();
+        let claims: Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(claims["iss"], "tokenhook");
+        assert_eq!(claims["sub"], "tokenhook");
+        assert_eq!(
+            claims["aud"],
+            json!(["https://idp.example/introspect", "https://idp.example"])
+        );
+        assert_eq!(claims["exp"], 1_000_060);
+    }
+
+    #[test]
     fn every_problem_is_reported() {
         let f: FileSettings = toml::from_str(
             "client_id = \"\"\nclient_auth = \"magic\"\nurl = \"http://x\"\ntoken_regex = \"(\"\n[claimMappings]\nusername = { expression = \"claims.(\" }\n",
