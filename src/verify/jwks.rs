@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -293,6 +294,10 @@ pub struct IssuerKeys {
     client: HttpsClient,
     current: ArcSwapOption<KeySet>,
     loaded: Mutex<Option<crate::verify::Digest>>,
+    /// Fetches started so far; each fetch is numbered by this count when it starts.
+    /// Written under `flight`'s lock, read without it so a token a current key verifies
+    /// takes no lock.
+    started: AtomicU64,
     /// Never held across an await.
     flight: std::sync::Mutex<Flight>,
     min_interval: Duration,
@@ -305,8 +310,6 @@ type FetchResult = Option<Result<(), FetchError>>;
 /// Bookkeeping of the fetches of one issuer.
 #[derive(Default)]
 struct Flight {
-    /// Fetches started so far; each fetch is numbered by this count when it starts.
-    started: u64,
     /// The number of the last fetch that succeeded (0: none yet).
     succeeded: u64,
     /// The fetch in flight: its number and where its result appears.
@@ -359,6 +362,7 @@ impl IssuerKeys {
             client,
             current: ArcSwapOption::empty(),
             loaded: Mutex::new(None),
+            started: AtomicU64::new(0),
             flight: std::sync::Mutex::new(Flight::default()),
             min_interval,
             metrics,
@@ -440,8 +444,7 @@ impl IssuerKeys {
 
     /// Starts fetch number `started + 1` in its own task. Called with the lock held.
     fn start(self: &Arc<Self>, f: &mut Flight) -> (u64, watch::Receiver<FetchResult>) {
-        f.started += 1;
-        let n = f.started;
+        let n = self.started.fetch_add(1, Ordering::SeqCst) + 1;
         let (tx, rx) = watch::channel(None);
         f.in_flight = Some((n, rx.clone()));
         let keys = self.clone();
@@ -516,7 +519,7 @@ impl IssuerKeys {
     ) -> Result<Fresh<V, R>, Stale> {
         // Read the count before the set: a fetch numbered above it started after this
         // token found the set wanting.
-        let seen = self.flight().started;
+        let seen = self.started.load(Ordering::SeqCst);
         if let Some(set) = self.current()
             && let Ok(v) = check(&set)
         {
@@ -536,7 +539,7 @@ impl IssuerKeys {
                 }
                 match (f.in_flight.clone(), &f.finished) {
                     (Some(flying), _) => flying,
-                    (None, Some((at, r))) if f.started > seen => {
+                    (None, Some((at, r))) if self.started.load(Ordering::SeqCst) > seen => {
                         // A fresh fetch finished and failed; do not pile another on.
                         match r {
                             Err(e) => return Err(Stale::Fetch(e.clone())),
