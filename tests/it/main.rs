@@ -14,6 +14,7 @@ mod deploy;
 mod e2e;
 mod errors;
 mod hostile;
+mod introspection;
 mod jwt;
 mod mint;
 mod monitoring;

@@ -3,6 +3,7 @@
 pub mod dev;
 pub mod issuer;
 pub mod k8s;
+pub mod oidc_provider;
 pub mod secrets;
 
 use std::net::SocketAddr;
