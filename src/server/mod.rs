@@ -26,6 +26,8 @@ use crate::cache::VerdictCache;
 use crate::clock::Clock;
 use crate::config::{Config, VerifierSpec};
 use crate::metrics::Metrics;
+use crate::mint::accounts::Accounts;
+use crate::mint::cluster::{self, Cluster};
 use crate::mint::issuer::{Issuer, IssuerConfig};
 use crate::mint::keys::KeySet;
 use crate::mint::revocations::Revocations;
@@ -81,6 +83,9 @@ pub enum BindError {
     /// A JWT issuer's settings are invalid (every problem listed).
     #[error("JWT issuers:\n  - {}", .0.join("\n  - "))]
     Jwt(Vec<String>),
+    /// The cluster registry's client could not be set up (kubeconfig, in-cluster account).
+    #[error("connecting the service-account registry to the cluster")]
+    Registry(#[from] crate::mint::cluster::ClusterError),
     /// An AuthenticationConfiguration file is unusable.
     #[error("loading the AuthenticationConfiguration")]
     AuthnConfig(#[from] crate::verify::authn_config::AuthnConfigError),
@@ -249,15 +254,24 @@ impl Server {
             config.cache.clone(),
             Some(metrics.cache_evictions.clone()),
         );
+        let (stop, stop_rx) = watch::channel(false);
         let issuer = match &config.mint {
             Some(m) => {
-                let (issuer, w) = build_issuer(m, &cache)?;
+                let accounts = match &m.cluster {
+                    None => Accounts::Static(m.registry.clone()),
+                    Some(kubeconfig) => Accounts::Cluster(Cluster::start(
+                        cluster::client(kubeconfig.as_deref()).await?,
+                        cache.clone(),
+                        metrics.clone(),
+                        stop_rx.clone(),
+                    )),
+                };
+                let (issuer, w) = build_issuer(m, accounts, &cache)?;
                 watched.extend(w);
                 Some(issuer)
             }
             None => None,
         };
-        let (stop, stop_rx) = watch::channel(false);
         // SIGHUP: every file-backed source, the watched files and local JWKS files alike.
         let (reload_now, reload_rx) = watch::channel(0u64);
         let cel = Arc::new(CelEnv::new().map_err(|e| BindError::Jwt(vec![e]))?);
@@ -496,6 +510,7 @@ fn watch_authn_config(
 /// working at once rather than after the cache TTL.
 fn build_issuer(
     m: &crate::config::MintConfig,
+    accounts: Accounts,
     cache: &VerdictCache,
 ) -> Result<(Arc<Issuer>, Vec<Watched>), BindError> {
     let keys = KeySet::load(&m.signing_key_file, &m.verify_key_files)?;
@@ -521,7 +536,7 @@ fn build_issuer(
         IssuerConfig {
             issuer: m.issuer.clone(),
             jwks_uri: m.jwks_uri.clone(),
-            registry: m.registry.clone(),
+            registry: accounts,
             signing_key_file: m.signing_key_file.clone(),
             verify_key_files: m.verify_key_files.clone(),
         },
