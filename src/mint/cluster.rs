@@ -1,7 +1,7 @@
 //! The `kubernetes` registry source: kube-rs reflectors of ServiceAccounts, Pods, Nodes and Secrets kept in memory, so that minting and every review read the cluster without an API call.
 //!
-//! ServiceAccounts, Secrets and Nodes are watched as metadata only (a Secret's data never
-//! reaches this process); Pods in full, because the account a pod runs as and its node are
+//! ServiceAccounts, Secrets and Nodes are watched as metadata only (`Api<PartialObjectMeta<_>>`:
+//! a Secret's data never reaches this process); Pods in full, because the account a pod runs as and its node are
 //! in `spec`, trimmed to those two fields before they are stored. Each kind has its own
 //! watch loop: a failed watch marks the kind down (`/readyz`, `tokenhook_registry_watch_up`),
 //! then starts again from a fresh list after a backoff, which also catches deletions missed
@@ -190,12 +190,12 @@ impl Cluster {
         });
         let cfg = watcher::Config::default();
         {
-            let api: Api<ServiceAccount> = Api::all(client.clone());
+            let api: Api<PartialObjectMeta<ServiceAccount>> = Api::all(client.clone());
             let cfg = cfg.clone();
             tokio::spawn(run(
                 Arc::downgrade(&cluster),
                 Kind::ServiceAccount,
-                move || watcher::metadata_watcher(api.clone(), cfg.clone()),
+                move || watcher::watcher(api.clone(), cfg.clone()),
                 sa_w,
                 |m| trim_meta(&mut m.metadata),
                 stop.clone(),
@@ -214,23 +214,23 @@ impl Cluster {
             ));
         }
         {
-            let api: Api<Secret> = Api::all(client.clone());
+            let api: Api<PartialObjectMeta<Secret>> = Api::all(client.clone());
             let cfg = cfg.clone();
             tokio::spawn(run(
                 Arc::downgrade(&cluster),
                 Kind::Secret,
-                move || watcher::metadata_watcher(api.clone(), cfg.clone()),
+                move || watcher::watcher(api.clone(), cfg.clone()),
                 secret_w,
                 |m| trim_meta(&mut m.metadata),
                 stop.clone(),
             ));
         }
         {
-            let api: Api<Node> = Api::all(client);
+            let api: Api<PartialObjectMeta<Node>> = Api::all(client);
             tokio::spawn(run(
                 Arc::downgrade(&cluster),
                 Kind::Node,
-                move || watcher::metadata_watcher(api.clone(), cfg.clone()),
+                move || watcher::watcher(api.clone(), cfg.clone()),
                 node_w,
                 |m| trim_meta(&mut m.metadata),
                 stop,
