@@ -217,7 +217,7 @@ level = "tokenhook=debug,warn"
 [jwt]
 leeway_seconds = 60
 refresh_interval_seconds = 600
-min_refresh_interval_seconds = 10
+min_refresh_interval_seconds = 1
 fetch_timeout_seconds = 10
 
 [metrics]

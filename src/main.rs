@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tokenhook::config::{self, ConfigError, LogConfig, Overrides};
+use tokenhook::config::{self, ConfigError, Overrides};
 use tokenhook::kubeconfig::{Kubeconfig, Source};
 use tokenhook::{Running, Server, dev};
 
@@ -265,26 +265,6 @@ fn kubeconfig(
     Ok(ExitCode::SUCCESS)
 }
 
-fn init_logging(log: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::builder()
-        .parse(&log.filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if log.json {
-        builder
-            .json()
-            .flatten_event(true)
-            // The request span carries the request id into every line logged while serving it.
-            .with_current_span(true)
-            .with_span_list(false)
-            .init();
-    } else {
-        builder.init();
-    }
-}
-
 fn run(
     file: Option<PathBuf>,
     o: Overrides,
@@ -297,7 +277,9 @@ fn run(
             return Ok(ExitCode::from(EXIT_CONFIG));
         }
     };
-    init_logging(&config.log);
+    // Lives until `run` returns, after the runtime (declared later, dropped first): the last
+    // lines, "stopped" among them, are flushed to stderr before the process exits.
+    let _log_guard = tokenhook::logging::init(&config.log);
     // 8 MiB worker stacks (tokio's default is 2): configuration reloads compile CEL, whose
     // parser and evaluator recurse per nesting level; the address space is reserved, not used.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -251,6 +251,7 @@ impl Metrics {
         m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        m.registry.register(Box::new(DroppedLogLines::new()?))?;
         Ok(m)
     }
 
@@ -321,6 +322,45 @@ impl Metrics {
     }
 }
 
+/// `tokenhook_log_lines_dropped_total`: log lines the non-blocking writer dropped because
+/// its queue was full ([`crate::logging`]). The count is the process's, read at scrape time,
+/// as `process_*` are; it stays 0 where `logging::init` never ran (tests).
+struct DroppedLogLines {
+    /// Name and help of what each scrape reports.
+    opts: Opts,
+    /// The one descriptor, from `opts`.
+    desc: Vec<prometheus::core::Desc>,
+}
+
+impl DroppedLogLines {
+    fn new() -> Result<Self, prometheus::Error> {
+        use prometheus::core::Describer;
+        let opts = Opts::new(
+            "tokenhook_log_lines_dropped_total",
+            "Log lines dropped because the log writer's queue was full (stderr not draining).",
+        );
+        let desc = vec![opts.describe()?];
+        Ok(DroppedLogLines { opts, desc })
+    }
+}
+
+impl prometheus::core::Collector for DroppedLogLines {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        self.desc.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        // A fresh counter per scrape, set to the writer's own count: nothing to keep in step.
+        match IntCounter::with_opts(self.opts.clone()) {
+            Ok(c) => {
+                c.inc_by(crate::logging::dropped_lines());
+                c.collect()
+            }
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,6 +409,8 @@ mod tests {
         }
         // Resolving on first use: unused series are not exported.
         let text = String::from_utf8(m.encode()).unwrap();
+        // The log writer's drop count is there from the start (0: no writer in tests).
+        assert!(text.contains("\ntokenhook_log_lines_dropped_total 0\n"));
         assert!(!text.contains("verifier=\"service_account\""));
         assert!(!text.contains("route=\"webhook\""));
     }

@@ -75,6 +75,13 @@ pub fn spawn(
     mut stop: watch::Receiver<bool>,
     metrics: Metrics,
 ) -> JoinHandle<()> {
+    // Both results exist (at zero) from the start: Prometheus's `increase()` cannot see the
+    // first failure of a series that appears with it, and the reload alert needs it.
+    for s in &sources {
+        for result in ["success", "failure"] {
+            metrics.reloads.with_label_values(&[s.source, result]);
+        }
+    }
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

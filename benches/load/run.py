@@ -1,12 +1,21 @@
 #!/usr/bin/env python3
-"""Load harness: tokenhook against the floor server, in the same run, alternately.
+"""Load harness: tokenhook against the floor server, in the same run, alternately, with
+several established load generators.
 
-Usage (from the repository root):  python3 benches/load/run.py [--seconds 8] [--out benches/load/results.json]
+Usage (from the repository root):
+    python3 benches/load/run.py [--seconds 8] [--out benches/load/results.json]
+                                [--only LETTER] [--connections N] [--protocol http/1.1|h2]
+                                [--generators oha,wrk,h2load] [--log-level FILTER]
 
-It installs its load generator itself (oha, from crates.io, with cargo install), builds
-tokenhook and the floor server in release mode, pins each server to core 0 and oha to
-core 1, and for every scenario runs the floor server, then tokenhook, with the same oha
-settings. Results: a Markdown table on stdout and JSON in --out.
+It installs its load generators itself: oha from crates.io (cargo install), wrk and h2load
+from Debian (apt-get install wrk nghttp2-client). It builds tokenhook and the floor server
+in release mode, pins each server to core 0 and the generator to core 1, and for every
+scenario and every generator that speaks its protocol (HTTP/1.1: oha and wrk; HTTP/2: oha
+and h2load) runs the floor server, then tokenhook, with the same settings. Each server's
+CPU time (user + system, from /proc/PID/stat) over the generator's run, divided by the
+requests answered, gives the CPU per request. tokenhook runs with its default logging.
+Results: Markdown tables on stdout and JSON in --out, with the CPU model and cache sizes.
+The filters (--only, --connections, --protocol, --generators) are for smoke runs.
 """
 import argparse, base64, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
 
@@ -25,6 +34,48 @@ def ensure_oha():
     print("installing oha from crates.io (cargo install oha --locked)…", file=sys.stderr)
     sh("cargo", "install", "oha", "--locked")
     return shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
+
+
+def ensure_debian(command, package):
+    """`command` from Debian's `package`, installed with apt-get when missing."""
+    found = shutil.which(command)
+    if found:
+        return found
+    print(f"installing {command} from Debian (apt-get install {package})…", file=sys.stderr)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    sh(*sudo, "apt-get", "update", "-qq", env=env)
+    sh(*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", package, env=env, stdout=subprocess.DEVNULL)
+    return shutil.which(command) or sys.exit(f"{command} still missing after installing {package}")
+
+
+def version_of(argv):
+    """The first line a generator prints about its version (wrk exits non-zero for -v)."""
+    r = subprocess.run(argv, capture_output=True, text=True)
+    return ((r.stdout or "") + (r.stderr or "")).strip().splitlines()[0] if (r.stdout or r.stderr) else "?"
+
+
+def machine():
+    """CPU model, cores and cache sizes (lscpu), so that figures can be read against the machine."""
+    info = {}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, env=dict(os.environ, LC_ALL="C")).stdout
+        for line in out.splitlines():
+            k, _, v = line.partition(":")
+            info[k.strip()] = v.strip()
+    except OSError:
+        pass
+    model = info.get("Model name") or next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "threads_per_core": info.get("Thread(s) per core", ""),
+        "l1d": info.get("L1d cache", ""),
+        "l1i": info.get("L1i cache", ""),
+        "l2": info.get("L2 cache", ""),
+        "l3": info.get("L3 cache", ""),
+        "hypervisor": info.get("Hypervisor vendor", ""),
+    }
 
 
 def ensure_cryptography():
@@ -88,6 +139,14 @@ def wait_port(port, timeout=10):
     raise RuntimeError(f"port {port} never opened")
 
 
+def cpu_seconds(pid):
+    """User + system CPU time of process `pid` so far (/proc/PID/stat fields 14 and 15)."""
+    with open(f"/proc/{pid}/stat") as f:
+        # The command name (field 2) may hold spaces; count fields after its closing parenthesis.
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def peak_rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -130,7 +189,7 @@ def probe(port, path, body, headers):
     return r.status, r.read().decode()
 
 
-def run_oha(oha, url, body, seconds, conns, http2, keepalive, headers):
+def run_oha(oha, url, body, seconds, conns, http2, keepalive, headers, work):
     argv = ["taskset", "-c", "1", oha, "-z", f"{seconds}s", "-c", str(conns), "--no-tui", "--insecure",
             "--output-format", "json", "-m", "POST", "-T", "application/json", "-d", body]
     for h in headers:
@@ -145,11 +204,117 @@ def run_oha(oha, url, body, seconds, conns, http2, keepalive, headers):
     codes = r.get("statusCodeDistribution", {})
     return {
         "rps": r["summary"]["requestsPerSec"],
-        "p50_ms": pct.get("p50", 0) * 1000,
-        "p99_ms": pct.get("p99", 0) * 1000,
-        "p999_ms": pct.get("p99.9", 0) * 1000,
+        "requests": sum(codes.values()),
+        "p50_ms": (pct.get("p50") or 0) * 1000,
+        "p99_ms": (pct.get("p99") or 0) * 1000,
+        "p999_ms": (pct.get("p99.9") or 0) * 1000,
         "status": codes,
     }
+
+
+# wrk's script: method, body and headers of every request, and a JSON summary at the end
+# (latencies in microseconds; non-2xx/3xx answers are counted in errors.status).
+WRK_LUA = """
+local f = assert(io.open(os.getenv("BENCH_BODY_FILE"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+for line in (os.getenv("BENCH_HEADERS") or ""):gmatch("[^\\n]+") do
+  local k, v = line:match("^([^:]+):%s*(.*)$")
+  if k then wrk.headers[k] = v end
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "\\nWRK_JSON {\\"requests\\": %d, \\"duration_us\\": %d, \\"p50_us\\": %d, \\"p99_us\\": %d, \\"p999_us\\": %d, " ..
+    "\\"connect\\": %d, \\"read\\": %d, \\"write\\": %d, \\"status\\": %d, \\"timeout\\": %d}\\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), latency:percentile(99.9),
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def run_wrk(wrk, url, body, seconds, conns, http2, keepalive, headers, work):
+    """wrk (HTTP/1.1 only): one thread, `conns` connections; `Connection: close` makes it
+    open a new connection (and TLS session) per request."""
+    assert not http2
+    script, body_file = os.path.join(work, "post.lua"), os.path.join(work, "wrk-body.json")
+    with open(script, "w") as f:
+        f.write(WRK_LUA)
+    with open(body_file, "w") as f:
+        f.write(body)
+    hdrs = list(headers) + ([] if keepalive else ["Connection: close"])
+    env = dict(os.environ, BENCH_BODY_FILE=body_file, BENCH_HEADERS="\n".join(hdrs))
+    argv = ["taskset", "-c", "1", wrk, "-t1", f"-c{conns}", f"-d{seconds}s", "--timeout", "10s", "-s", script, url]
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, env=env).stdout
+    line = next((l for l in out.splitlines() if l.startswith("WRK_JSON ")), None)
+    if line is None:
+        sys.exit(f"wrk printed no summary:\n{out}")
+    r = json.loads(line[len("WRK_JSON "):])
+    errors = {k: r[k] for k in ("connect", "read", "write", "status", "timeout") if r[k]}
+    good = r["requests"] - r["status"]
+    # wrk counts answers >= 400 as status errors; it does not keep the codes themselves.
+    status = {"2xx/3xx": good}
+    if errors:
+        status["errors " + ",".join(f"{k}={v}" for k, v in errors.items())] = sum(errors.values())
+    return {
+        "rps": r["requests"] / (r["duration_us"] / 1e6),
+        "requests": r["requests"],
+        "p50_ms": r["p50_us"] / 1000,
+        "p99_ms": r["p99_us"] / 1000,
+        "p999_ms": r["p999_us"] / 1000,
+        "status": status,
+    }
+
+
+def run_h2load(h2load, url, body, seconds, conns, http2, keepalive, headers, work):
+    """h2load (nghttp2), HTTP/2 over TLS with ALPN: `conns` connections of 4 concurrent
+    streams each, as oha's `--http2 -p 4`. It prints no percentiles; they come from its
+    per-request log (elapsed microseconds in the third column)."""
+    assert http2 and keepalive
+    body_file, log = os.path.join(work, "h2load-body.json"), os.path.join(work, "h2load.log")
+    with open(body_file, "w") as f:
+        f.write(body)
+    argv = ["taskset", "-c", "1", h2load, "-t", "1", "-c", str(conns), "-m", "4", "-D", str(seconds),
+            "-d", body_file, "-H", "content-type: application/json", "--log-file", log]
+    for h in headers:
+        argv += ["-H", h]
+    out = subprocess.run(argv + [url], check=True, capture_output=True, text=True).stdout
+    import re
+    m = re.search(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s", out)
+    reqs = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout", out)
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not (m and reqs and codes):
+        sys.exit(f"h2load output not understood:\n{out}")
+    lat = []
+    with open(log) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 3:
+                lat.append(int(parts[2]))
+    lat.sort()
+    pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000 if lat else 0
+    status = {k: int(v) for k, v in zip(("2xx", "3xx", "4xx", "5xx"), codes.groups()) if int(v)}
+    failed = int(reqs.group(5)) + int(reqs.group(6)) + int(reqs.group(7))
+    if failed:
+        status["failed/errored/timeout"] = failed
+    return {
+        "rps": float(m.group(3)),
+        "requests": int(reqs.group(3)),
+        "p50_ms": pick(0.50),
+        "p99_ms": pick(0.99),
+        "p999_ms": pick(0.999),
+        "status": status,
+    }
+
+
+GENERATORS = {
+    # name: (runner, speaks HTTP/1.1, speaks HTTP/2)
+    "oha": (run_oha, True, True),
+    "wrk": (run_wrk, True, False),
+    "h2load": (run_h2load, False, True),
+}
 
 
 class Setup:
@@ -198,13 +363,15 @@ class Setup:
             json.dump(json.loads(text)["status"], f)
         return path
 
-    def config(self, name, cache=True, jwt=False, mint=False):
+    def config(self, name, cache=True, jwt=False, mint=False, log_level=None):
         port = free_port()
         lines = [
             "[server]", f'listen = "127.0.0.1:{port}"', 'cert_file = "server.crt"', 'key_file = "server.key"',
             "[cache]", f"enabled = {'true' if cache else 'false'}",
-            "[log]", 'level = "warn"',
         ]
+        # Logging stays at tokenhook's defaults (JSON, info): what a deployment runs with.
+        if log_level:
+            lines += ["[log]", f'level = "{log_level}"']
         if mint:
             lines += ["[mint]", f'issuer = "https://127.0.0.1:{port}"', 'signing_key_file = "sa-signing.key"',
                       "[[mint.service_accounts]]", 'namespace = "default"', 'name = "default"',
@@ -227,11 +394,31 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "load", "results.json"))
+    ap.add_argument("--only", help="run only the scenarios whose letter is this (a, b, c, d, e)")
+    ap.add_argument("--connections", type=int, help="run only the rows with this many connections")
+    ap.add_argument("--protocol", choices=["http/1.1", "h2"], help="run only the rows of this protocol")
+    ap.add_argument("--log-level", help="tokenhook's log.level (default: its default, info)")
+    ap.add_argument("--generators", default="oha,wrk,h2load", help="comma-separated subset of oha, wrk, h2load")
     a = ap.parse_args()
-    oha = ensure_oha()
+    wanted = [g for g in a.generators.split(",") if g]
+    if not wanted or any(g not in GENERATORS for g in wanted):
+        sys.exit(f"--generators: choose among {', '.join(GENERATORS)}")
+    tools = {}
+    if "oha" in wanted:
+        tools["oha"] = ensure_oha()
+    if "wrk" in wanted:
+        tools["wrk"] = ensure_debian("wrk", "wrk")
+    if "h2load" in wanted:
+        tools["h2load"] = ensure_debian("h2load", "nghttp2-client")
+    versions = {
+        "oha": lambda p: version_of([p, "--version"]),
+        "wrk": lambda p: version_of([p, "-v"]).split(" [")[0],
+        "h2load": lambda p: version_of([p, "--version"]),
+    }
+    gen_versions = {g: versions[g](p) for g, p in tools.items()}
     st = Setup()
-    tokenhook, floor, dev, alice, jwts, config = st.tokenhook, st.floor, st.dev, st.alice, st.jwts, st.config
-    work = st.work
+    tokenhook, config = st.tokenhook, st.config
+    alice, jwts, work = st.alice, st.jwts, st.work
 
     scenarios = []
     for conns in (16, 64):
@@ -243,10 +430,13 @@ def main():
     scenarios.append(("d: mint TokenRequest", dict(mint=True), json.dumps({"spec": {"audiences": ["vault"]}}), 16, False, True,
                       "/api/v1/namespaces/default/serviceaccounts/default/token", [f"Authorization: Bearer {alice}"]))
     scenarios.append(("e: new TLS connection per request", dict(cache=True), review(alice), 16, False, False, "/apis/authentication.k8s.io/v1/tokenreviews", []))
+    scenarios = [s for s in scenarios
+                 if (a.only is None or s[0].startswith(a.only + ":"))
+                 and (a.connections is None or s[3] == a.connections)
+                 and (a.protocol is None or ("h2" if s[4] else "http/1.1") == a.protocol)]
 
     results = []
     for i, (name, cfg, body, conns, h2, keepalive, path, headers) in enumerate(scenarios):
-        row = {"scenario": name, "connections": conns, "protocol": "h2" if h2 else "http/1.1", "keepalive": keepalive}
         cfg = dict(cfg)
         alg = cfg.pop("alg", None)
         # JWT misses also run the floor plus the raw aws-lc-rs verify: the target's bound,
@@ -255,51 +445,71 @@ def main():
         # The floor answers with the very status tokenhook gives for this body, so both write
         # the same response bytes.
         status = st.status_file(f"bench{i}", cfg, body) if "tokenreviews" in path else None
-        for who in servers:
-            if who.startswith("floor"):
-                port = free_port()
-                srv = Server(st.floor_argv(port, alg if who == "floor_verify" else None, status), port)
-            else:
-                cfg_path, port = config(f"bench{i}", **cfg)
-                srv = Server([tokenhook, "serve", "--config", cfg_path], port)
-            try:
-                code, text = probe(port, path, body, headers)
-                if code not in (200, 201) or ("TokenReview" in text and '"authenticated":true' not in text):
-                    sys.exit(f"{name}: {who} answered {code} {text[:300]}: misconfigured, not measured")
-                r = run_oha(oha, f"https://127.0.0.1:{port}{path}", body, a.seconds, conns, h2, keepalive, headers)
-            finally:
-                r_rss = srv.stop()
-            r["peak_rss_mib"] = round(r_rss / 1024, 1)
-            r["ready_ms"] = round(srv.ready_ms, 1)
-            row[who] = r
-        for who in servers:
-            bad = {c: n for c, n in row[who]["status"].items() if not c.startswith("2")}
-            if bad:
-                sys.exit(f"{name}: {who} answered {bad}: the scenario is misconfigured, not measured")
-        row["throughput_ratio"] = row["tokenhook"]["rps"] / row["floor"]["rps"]
-        row["p99_ratio"] = row["tokenhook"]["p99_ms"] / max(row["floor"]["p99_ms"], 1e-9)
-        if alg:
-            row["bound_ratio"] = row["tokenhook"]["rps"] / row["floor_verify"]["rps"]
-        results.append(row)
-        extra = f", floor+verify {row['floor_verify']['rps']:.0f}/s ratio {row['bound_ratio']:.2f}" if alg else ""
-        print(f"{name} c={conns} {row['protocol']}: tokenhook {row['tokenhook']['rps']:.0f}/s floor {row['floor']['rps']:.0f}/s ratio {row['throughput_ratio']:.2f}{extra}", file=sys.stderr)
+        for gen in wanted:
+            runner, h1_ok, h2_ok = GENERATORS[gen]
+            if not (h2_ok if h2 else h1_ok):
+                continue
+            row = {"scenario": name, "connections": conns, "protocol": "h2" if h2 else "http/1.1", "keepalive": keepalive,
+                   "generator": gen, "generator_version": gen_versions[gen]}
+            for who in servers:
+                if who.startswith("floor"):
+                    port = free_port()
+                    srv = Server(st.floor_argv(port, alg if who == "floor_verify" else None, status), port)
+                else:
+                    cfg_path, port = config(f"bench{i}", log_level=a.log_level, **cfg)
+                    srv = Server([tokenhook, "serve", "--config", cfg_path], port)
+                try:
+                    code, text = probe(port, path, body, headers)
+                    if code not in (200, 201) or ("TokenReview" in text and '"authenticated":true' not in text):
+                        sys.exit(f"{name}: {who} answered {code} {text[:300]}: misconfigured, not measured")
+                    cpu0 = cpu_seconds(srv.proc.pid)
+                    r = runner(tools[gen], f"https://127.0.0.1:{port}{path}", body, a.seconds, conns, h2, keepalive, headers, work)
+                    cpu = cpu_seconds(srv.proc.pid) - cpu0
+                finally:
+                    r_rss = srv.stop()
+                r["cpu_us_per_request"] = cpu * 1e6 / max(r["requests"], 1)
+                r["peak_rss_mib"] = round(r_rss / 1024, 1)
+                r["ready_ms"] = round(srv.ready_ms, 1)
+                row[who] = r
+            for who in servers:
+                bad = {c: n for c, n in row[who]["status"].items() if not (c.startswith("2") and n)}
+                if bad:
+                    sys.exit(f"{name} ({gen}): {who} answered {bad}: the scenario is misconfigured, not measured")
+            row["throughput_ratio"] = row["tokenhook"]["rps"] / row["floor"]["rps"]
+            row["cpu_ratio"] = row["tokenhook"]["cpu_us_per_request"] / max(row["floor"]["cpu_us_per_request"], 1e-9)
+            row["p99_ratio"] = row["tokenhook"]["p99_ms"] / max(row["floor"]["p99_ms"], 1e-9)
+            if alg:
+                row["bound_ratio"] = row["tokenhook"]["rps"] / row["floor_verify"]["rps"]
+                row["bound_cpu_ratio"] = row["tokenhook"]["cpu_us_per_request"] / max(row["floor_verify"]["cpu_us_per_request"], 1e-9)
+            results.append(row)
+            extra = f", floor+verify {row['floor_verify']['rps']:.0f}/s ratio {row['bound_ratio']:.2f}" if alg else ""
+            print(f"{name} c={conns} {row['protocol']} [{gen}]: tokenhook {row['tokenhook']['rps']:.0f}/s floor {row['floor']['rps']:.0f}/s "
+                  f"ratio {row['throughput_ratio']:.2f}, CPU/request {row['tokenhook']['cpu_us_per_request']:.1f} µs "
+                  f"({row['cpu_ratio']:.2f}× floor){extra}", file=sys.stderr)
 
-    meta = {"date": time.strftime("%Y-%m-%d"), "cores": os.cpu_count(), "seconds_per_run": a.seconds,
-            "cpu": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")}
+    meta = dict(machine(), date=time.strftime("%Y-%m-%d"), seconds_per_run=a.seconds, generators=gen_versions,
+                logging=f"json, {a.log_level}" if a.log_level else "tokenhook defaults (json, info)")
     with open(a.out, "w") as f:
         json.dump({"machine": meta, "results": results}, f, indent=2)
-    print(f"| scenario | conns | proto | tokenhook req/s | floor req/s | ratio | p50 ms | p99 ms (floor) | p999 ms | peak RSS MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    m = meta
+    print(f"Machine: {m['cpu']}, {m['cores']} cores; L1d {m['l1d']}, L1i {m['l1i']}, L2 {m['l2']}, L3 {m['l3']}")
+    print()
+    print("| scenario | conns | proto | generator | tokenhook req/s | floor req/s | ratio | CPU µs/req (floor) | CPU ratio | p50 ms | p99 ms (floor) | p999 ms | peak RSS MiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         t, fl = r["tokenhook"], r["floor"]
-        print(f"| {r['scenario']} | {r['connections']} | {r['protocol']}{'' if r['keepalive'] else ', no keep-alive'} | {t['rps']:.0f} | {fl['rps']:.0f} | {r['throughput_ratio']:.2f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} ({fl['p99_ms']:.2f}) | {t['p999_ms']:.2f} | {t['peak_rss_mib']} |")
-    print()
-    print("| JWT cache miss | tokenhook req/s | floor + raw verify req/s | ratio | p99 ms (floor + raw verify) |")
-    print("|---|---|---|---|---|")
-    for r in results:
-        if "bound_ratio" in r:
-            t, fv = r["tokenhook"], r["floor_verify"]
-            print(f"| {r['scenario'].rsplit(' ', 1)[1]} | {t['rps']:.0f} | {fv['rps']:.0f} | {r['bound_ratio']:.2f} | {t['p99_ms']:.2f} ({fv['p99_ms']:.2f}) |")
+        print(f"| {r['scenario']} | {r['connections']} | {r['protocol']}{'' if r['keepalive'] else ', no keep-alive'} | {r['generator']} "
+              f"| {t['rps']:.0f} | {fl['rps']:.0f} | {r['throughput_ratio']:.2f} | {t['cpu_us_per_request']:.1f} ({fl['cpu_us_per_request']:.1f}) "
+              f"| {r['cpu_ratio']:.2f} | {t['p50_ms']:.2f} | {t['p99_ms']:.2f} ({fl['p99_ms']:.2f}) | {t['p999_ms']:.2f} | {t['peak_rss_mib']} |")
+    if any("bound_ratio" in r for r in results):
+        print()
+        print("| JWT cache miss | generator | tokenhook req/s | floor + raw verify req/s | ratio | CPU ratio | p99 ms (floor + raw verify) |")
+        print("|---|---|---|---|---|---|---|")
+        for r in results:
+            if "bound_ratio" in r:
+                t, fv = r["tokenhook"], r["floor_verify"]
+                print(f"| {r['scenario'].rsplit(' ', 1)[1]} | {r['generator']} | {t['rps']:.0f} | {fv['rps']:.0f} | {r['bound_ratio']:.2f} "
+                      f"| {r['bound_cpu_ratio']:.2f} | {t['p99_ms']:.2f} ({fv['p99_ms']:.2f}) |")
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -171,7 +171,10 @@ pub struct JwtSection {
     pub leeway_seconds: u64,
     /// How often issuers' JWKS are fetched again, in seconds. Default 600.
     pub refresh_interval_seconds: u64,
-    /// Least time between fetches triggered by tokens with an unknown kid, in seconds. Default 10.
+    /// Least time from the end of one JWKS fetch to the start of a fetch for a token no
+    /// key verifies (unknown kid), in seconds; such tokens arriving sooner are answered
+    /// "could not check" (503, retried by kube-apiserver), never "no". 0: no floor (each
+    /// such token waits for a fetch of its own, shared with concurrent ones). Default 1.
     pub min_refresh_interval_seconds: u64,
     /// Time allowed for one discovery or JWKS fetch, in seconds. Default 10.
     pub fetch_timeout_seconds: u64,
@@ -182,7 +185,7 @@ impl Default for JwtSection {
         JwtSection {
             leeway_seconds: 60,
             refresh_interval_seconds: 600,
-            min_refresh_interval_seconds: 10,
+            min_refresh_interval_seconds: 1,
             fetch_timeout_seconds: 10,
         }
     }
@@ -397,7 +400,7 @@ level = {llvl}
         llvl = q(&c.log.level),
     );
     out.push_str(&format!(
-        "\n[jwt]\n# JWT/OIDC issuers: clock skew on exp/nbf/iat, JWKS refresh period, least time\n# between refreshes forced by unknown kids, and the fetch timeout (all seconds).\nleeway_seconds = {}\nrefresh_interval_seconds = {}\nmin_refresh_interval_seconds = {}\nfetch_timeout_seconds = {}\n",
+        "\n[jwt]\n# JWT/OIDC issuers: clock skew on exp/nbf/iat, JWKS refresh period, least time\n# from one fetch to a fetch for an unknown kid (sooner: 503, never \"no\"), and\n# the fetch timeout (all seconds).\nleeway_seconds = {}\nrefresh_interval_seconds = {}\nmin_refresh_interval_seconds = {}\nfetch_timeout_seconds = {}\n",
         c.jwt.leeway_seconds,
         c.jwt.refresh_interval_seconds,
         c.jwt.min_refresh_interval_seconds,

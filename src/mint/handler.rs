@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use super::accounts::{Accounts, Lookup, ObjectRef};
 use super::claims::{Bound, new_claims};
 use super::policy::{Ask, Caller};
+use crate::app::App;
 use crate::clock::UnixTime;
 use crate::k8s::codec::{self, FieldValidation, encode};
 use crate::k8s::query::{CreateOptions, go_quote};
@@ -17,10 +18,9 @@ use crate::k8s::token_request::{
 };
 use crate::k8s::token_review::GROUP;
 use crate::k8s::{Status, StatusCause, protobuf};
+use crate::server::ConnInfo;
 use crate::server::body::{self, Media};
-use crate::server::caller::authenticate_user;
 use crate::server::http_error::{Body, json, status_response};
-use crate::server::{App, ConnInfo};
 
 /// `Retry-After` while the cluster registry is not ready.
 const RETRY_AFTER_SECONDS: u32 = 1;
@@ -195,14 +195,14 @@ async fn mint(
     let (Some(issuer), Some(cfg)) = (&app.issuer, &app.config.mint) else {
         return Err(Status::path_not_found());
     };
-    let user = authenticate_user(app, conn, req.headers()).await?;
+    let user = app.authenticate_user(conn, req.headers()).await?;
     let caller = Caller {
         user: user.username,
         groups: user.groups,
     };
     let (parts, body) = req.into_parts();
     let media = body::media_type(&parts.headers, &[Media::Json, Media::Protobuf])?;
-    let bytes = body::read(app, &parts.headers, body).await?;
+    let bytes = body::read(&app.config.limits, &parts.headers, body).await?;
     let options = CreateOptions::parse(parts.uri.query())?;
     let pretty = options.pretty.unwrap_or(pretty_hint);
     let (mut tr, mut warnings) = decode(media, &bytes, options.field_validation)?;

@@ -6,8 +6,8 @@ use http::{HeaderMap, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
-use super::App;
 use super::http_error::Body;
+use crate::config::Limits;
 use crate::k8s::codec::warning_header;
 use crate::k8s::{Reason, Status, protobuf};
 
@@ -67,8 +67,8 @@ pub fn user_agent_wants_pretty(headers: &HeaderMap) -> bool {
 ///
 /// # Errors
 /// 413 over the limit (declared or actual), 408 too slow, 400 cut off.
-pub async fn read(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Status> {
-    let limit = app.config.limits.max_body_bytes;
+pub async fn read(limits: &Limits, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Status> {
+    let limit = limits.max_body_bytes;
     let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -83,9 +83,7 @@ pub async fn read(app: &App, headers: &HeaderMap, body: Incoming) -> Result<Byte
     let now = std::future::poll_fn(|cx| std::task::Poll::Ready(collect.as_mut().poll(cx))).await;
     let read = match now {
         std::task::Poll::Ready(r) => Ok(r),
-        std::task::Poll::Pending => {
-            tokio::time::timeout(app.config.limits.body_read_timeout, collect).await
-        }
+        std::task::Poll::Pending => tokio::time::timeout(limits.body_read_timeout, collect).await,
     };
     match read {
         Err(_) => Err(Status::failure(

@@ -8,27 +8,17 @@ use arc_swap::ArcSwapOption;
 use aws_lc_rs::signature;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, watch};
 
 use crate::metrics::Metrics;
+use crate::outbound::HttpsClient;
 
 /// Signature algorithms accepted from issuers. Never `none`, never an HMAC (a public key
 /// must not double as a shared secret).
 pub const ALLOWED_ALGS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
 ];
-
-/// Largest discovery or JWKS document accepted.
-const MAX_DOCUMENT: usize = 1 << 20;
 
 /// One public key with a verifier for each algorithm it may be used with, straight through
 /// aws-lc-rs (the provider rustls already carries): a JWT verification is one signature
@@ -243,87 +233,17 @@ pub enum FetchError {
     },
 }
 
-/// An HTTPS client trusting either the issuer's CA or the system roots.
-#[derive(Clone)]
-pub struct HttpsClient {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
-    timeout: Duration,
-}
-
-impl HttpsClient {
-    /// A client for one issuer. `ca_pem`: the issuer's `certificateAuthority`, else the
-    /// system trust store.
-    ///
-    /// # Errors
-    /// An unusable CA bundle.
-    pub fn new(ca_pem: Option<&str>, timeout: Duration) -> Result<Self, String> {
-        let provider = crate::server::tls::provider();
-        let builder = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?;
-        let mut roots = rustls::RootCertStore::empty();
-        match ca_pem {
-            Some(pem) => {
-                for c in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-                    roots
-                        .add(c.map_err(|e| format!("certificateAuthority: {e}"))?)
-                        .map_err(|e| format!("certificateAuthority: {e}"))?;
-                }
-                if roots.is_empty() {
-                    return Err("certificateAuthority holds no certificate".into());
-                }
-            }
-            None => {
-                for c in rustls_native_certs::load_native_certs().certs {
-                    let _ = roots.add(c);
-                }
-            }
+impl From<crate::outbound::OutboundError> for FetchError {
+    fn from(e: crate::outbound::OutboundError) -> Self {
+        use crate::outbound::OutboundError as O;
+        match e {
+            O::Transport { url, reason } => FetchError::Transport { url, reason },
+            O::Status { url, status } => FetchError::Document {
+                url,
+                reason: format!("status {status}"),
+            },
+            O::Document { url, reason } => FetchError::Document { url, reason },
         }
-        let tls = builder.with_root_certificates(roots).with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_all_versions()
-            .build();
-        Ok(HttpsClient {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            timeout,
-        })
-    }
-
-    /// GETs `url` and parses JSON (200 only, at most 1 MiB, within the timeout).
-    ///
-    /// # Errors
-    /// Transport, status, size or JSON problems.
-    pub async fn get_json(&self, url: &str) -> Result<Value, FetchError> {
-        let transport = |reason: String| FetchError::Transport {
-            url: url.to_owned(),
-            reason,
-        };
-        let document = |reason: String| FetchError::Document {
-            url: url.to_owned(),
-            reason,
-        };
-        let uri: http::Uri = url.parse().map_err(|e| document(format!("bad URL: {e}")))?;
-        let fetch = async {
-            let resp = self
-                .client
-                .get(uri)
-                .await
-                .map_err(|e| transport(format!("{e:#}")))?;
-            if resp.status() != http::StatusCode::OK {
-                return Err(document(format!("status {}", resp.status())));
-            }
-            let body = Limited::new(resp.into_body(), MAX_DOCUMENT)
-                .collect()
-                .await
-                .map_err(|e| transport(e.to_string()))?
-                .to_bytes();
-            serde_json::from_slice(&body).map_err(|e| document(format!("not JSON: {e}")))
-        };
-        tokio::time::timeout(self.timeout, fetch)
-            .await
-            .map_err(|_| transport(format!("no answer within {:?}", self.timeout)))?
     }
 }
 
@@ -345,8 +265,20 @@ pub enum KeySource {
     Inline(Value),
 }
 
-/// An issuer's keys: the last good set, refreshed periodically and on unknown `kid`s
-/// (rate-limited), kept while the issuer is unreachable.
+/// An issuer's keys: the last good set, refreshed periodically and whenever no key in it
+/// verifies a token, kept while the issuer is unreachable.
+///
+/// # Refreshes
+/// One fetch at a time per issuer (single flight): whoever needs keys while a fetch is in
+/// flight waits for that fetch instead of starting another. The fetch runs in its own task,
+/// so a review that gives up (its client went away) does not cancel it for the others.
+///
+/// A token that no key verifies may be answered "no" only from a set fetched after the
+/// token was found unverifiable ([`IssuerKeys::verify_fresh`]); such a fetch starts at most
+/// `min_interval` after the previous fetch finished, so a flood of made-up `kid`s costs
+/// the issuer about one fetch per `min_interval`, and the tokens that arrive inside that
+/// interval are "could not check" ([`Stale::RateLimited`]), which kube-apiserver retries
+/// and never caches.
 pub struct IssuerKeys {
     /// Metric label and log name (the configured issuer URL).
     pub label: String,
@@ -355,13 +287,52 @@ pub struct IssuerKeys {
     client: HttpsClient,
     current: ArcSwapOption<KeySet>,
     loaded: Mutex<Option<crate::verify::Digest>>,
-    last_attempt: Mutex<Option<Instant>>,
+    /// Never held across an await.
+    flight: std::sync::Mutex<Flight>,
     min_interval: Duration,
     metrics: Metrics,
 }
 
+/// The outcome of one fetch, as its waiters see it.
+type FetchResult = Option<Result<(), FetchError>>;
+
+/// Bookkeeping of the fetches of one issuer.
+#[derive(Default)]
+struct Flight {
+    /// Fetches started so far; each fetch is numbered by this count when it starts.
+    started: u64,
+    /// The number of the last fetch that succeeded (0: none yet).
+    succeeded: u64,
+    /// The fetch in flight: its number and where its result appears.
+    in_flight: Option<(u64, watch::Receiver<FetchResult>)>,
+    /// When the last fetch finished, and how.
+    finished: Option<(Instant, Result<(), FetchError>)>,
+}
+
+/// Why no key set fresh enough to judge a token could be had: "could not check".
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum Stale {
+    /// The last fetch finished less than the minimum refresh interval ago.
+    #[error("keys were fetched less than {0:?} ago; not refetching yet")]
+    RateLimited(Duration),
+    /// The fetch made for this token failed (the last good set, if any, stays in use).
+    #[error("refetching the keys failed")]
+    Fetch(#[source] FetchError),
+}
+
+/// What [`IssuerKeys::verify_fresh`] concluded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fresh<V, R> {
+    /// A key verified the token (in the current set or a refetched one).
+    Verified(V),
+    /// Even a set fetched after the token was found unverifiable has no key for it.
+    Refused(R),
+}
+
 impl IssuerKeys {
     /// Keys from `source`; nothing is fetched until [`IssuerKeys::refresh`].
+    /// `min_interval`: least time from the end of one fetch to the start of a fetch for a
+    /// token no key verifies.
     pub fn new(
         label: String,
         source: KeySource,
@@ -370,6 +341,11 @@ impl IssuerKeys {
         min_interval: Duration,
         metrics: Metrics,
     ) -> Arc<Self> {
+        // Both results exist (at zero) from the start, so that `increase()` in the JWKS
+        // alert sees the first failure too.
+        for result in ["success", "failure"] {
+            metrics.jwks_refreshes.with_label_values(&[&label, result]);
+        }
         Arc::new(IssuerKeys {
             label,
             source,
@@ -377,7 +353,7 @@ impl IssuerKeys {
             client,
             current: ArcSwapOption::empty(),
             loaded: Mutex::new(None),
-            last_attempt: Mutex::new(None),
+            flight: std::sync::Mutex::new(Flight::default()),
             min_interval,
             metrics,
         })
@@ -449,17 +425,152 @@ impl IssuerKeys {
             })
     }
 
-    /// Fetches now (unconditionally) and installs the result; on failure the last good
-    /// set stays in use.
+    fn flight(&self) -> std::sync::MutexGuard<'_, Flight> {
+        // The lock guards plain bookkeeping that is never left half-written.
+        self.flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Starts fetch number `started + 1` in its own task. Called with the lock held.
+    fn start(self: &Arc<Self>, f: &mut Flight) -> (u64, watch::Receiver<FetchResult>) {
+        f.started += 1;
+        let n = f.started;
+        let (tx, rx) = watch::channel(None);
+        f.in_flight = Some((n, rx.clone()));
+        let keys = self.clone();
+        tokio::spawn(async move {
+            let r = keys.fetch_and_install().await;
+            {
+                let mut f = keys.flight();
+                f.in_flight = None;
+                if r.is_ok() {
+                    f.succeeded = n;
+                }
+                f.finished = Some((Instant::now(), r.clone()));
+            }
+            let _ = tx.send(Some(r));
+        });
+        (n, rx)
+    }
+
+    /// Waits for fetch `n`. A fetch whose task vanished (runtime shutting down) counts
+    /// as failed and no longer blocks later fetches.
+    async fn wait(&self, n: u64, mut rx: watch::Receiver<FetchResult>) -> Result<(), FetchError> {
+        if let Ok(r) = rx.wait_for(Option::is_some).await
+            && let Some(r) = r.clone()
+        {
+            return r;
+        }
+        let mut f = self.flight();
+        if f.in_flight.as_ref().is_some_and(|(m, _)| *m == n) {
+            f.in_flight = None;
+        }
+        Err(FetchError::Transport {
+            url: self.label.clone(),
+            reason: "the fetch was abandoned".into(),
+        })
+    }
+
+    /// Fetches now and installs the result, or waits for the fetch already in flight; on
+    /// failure the last good set stays in use. Not rate-limited: for the periodic refresh,
+    /// the first load and the reload signal.
     ///
     /// # Errors
     /// The fetch error (already logged and counted).
-    pub async fn refresh(&self) -> Result<(), FetchError> {
-        *self.last_attempt.lock().await = Some(Instant::now());
-        self.refresh_locked().await
+    pub async fn refresh(self: &Arc<Self>) -> Result<(), FetchError> {
+        let (n, rx) = {
+            let mut f = self.flight();
+            match f.in_flight.clone() {
+                Some(flying) => flying,
+                None => self.start(&mut f),
+            }
+        };
+        self.wait(n, rx).await
     }
 
-    async fn refresh_locked(&self) -> Result<(), FetchError> {
+    /// Verifies a token against the keys: `check` tries one set and says whether a key
+    /// verified the token (`Ok`) or why not (`Err`).
+    ///
+    /// When the current set fails, the token's verdict must come from a set fetched after
+    /// that moment (kube-apiserver's go-oidc key set likewise refetches when no cached key
+    /// verifies a token). So this joins the fetch in flight, or starts one unless a fetch
+    /// finished less than `min_interval` ago; a fetch that was already in flight when the
+    /// token failed can still verify it, but not refuse it.
+    ///
+    /// # Concurrent calls
+    /// Any number of tokens share one fetch.
+    ///
+    /// # Errors
+    /// [`Stale`]: no fresh set could be had (rate limit, failed fetch, nothing loaded);
+    /// "could not check", never "no".
+    pub async fn verify_fresh<V, R>(
+        self: &Arc<Self>,
+        check: impl Fn(&KeySet) -> Result<V, R>,
+    ) -> Result<Fresh<V, R>, Stale> {
+        // Read the count before the set: a fetch numbered above it started after this
+        // token found the set wanting.
+        let seen = self.flight().started;
+        if let Some(set) = self.current()
+            && let Ok(v) = check(&set)
+        {
+            return Ok(Fresh::Verified(v));
+        }
+        loop {
+            let (n, rx) = {
+                let mut f = self.flight();
+                if f.succeeded > seen
+                    && let Some(set) = self.current()
+                {
+                    // A fresh fetch finished while we were getting here.
+                    return Ok(match check(&set) {
+                        Ok(v) => Fresh::Verified(v),
+                        Err(r) => Fresh::Refused(r),
+                    });
+                }
+                match (f.in_flight.clone(), &f.finished) {
+                    (Some(flying), _) => flying,
+                    (None, Some((at, r))) if f.started > seen => {
+                        // A fresh fetch finished and failed; do not pile another on.
+                        match r {
+                            Err(e) => return Err(Stale::Fetch(e.clone())),
+                            Ok(()) if at.elapsed() < self.min_interval => {
+                                return Err(Stale::RateLimited(self.min_interval));
+                            }
+                            Ok(()) => self.start(&mut f),
+                        }
+                    }
+                    (None, Some((at, _))) if at.elapsed() < self.min_interval => {
+                        return Err(Stale::RateLimited(self.min_interval));
+                    }
+                    (None, _) => self.start(&mut f),
+                }
+            };
+            let r = self.wait(n, rx).await;
+            let set = self.current();
+            match (n > seen, r, set) {
+                (true, Ok(()), Some(set)) => {
+                    return Ok(match check(&set) {
+                        Ok(v) => Fresh::Verified(v),
+                        Err(r) => Fresh::Refused(r),
+                    });
+                }
+                (true, Err(e), _) => return Err(Stale::Fetch(e)),
+                (false, Ok(()), Some(set)) => {
+                    // An older fetch: it may hold the key, but cannot refuse the token.
+                    if let Ok(v) = check(&set) {
+                        return Ok(Fresh::Verified(v));
+                    }
+                }
+                // An older fetch failed, or nothing is loaded: go round (the rate limit
+                // decides whether a fetch of our own may start).
+                _ => {}
+            }
+        }
+    }
+
+    /// One fetch: loads, installs a changed set, logs and counts.
+    async fn fetch_and_install(&self) -> Result<(), FetchError> {
         match self.load().await {
             Ok((set, digest)) => {
                 let mut loaded = self.loaded.lock().await;
@@ -489,33 +600,6 @@ impl IssuerKeys {
                 Err(e)
             }
         }
-    }
-
-    /// The key set to verify a token whose header names `kid`: refreshes first when the
-    /// set is missing or lacks that `kid`, at most once per `min_interval` however many
-    /// tokens ask (concurrent askers wait for the one refresh).
-    pub async fn for_kid(&self, kid: Option<&str>) -> Option<Arc<KeySet>> {
-        let cur = self.current();
-        let satisfied = |s: &Option<Arc<KeySet>>| match (s, kid) {
-            (Some(set), Some(k)) => set.has_kid(k),
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if satisfied(&cur) {
-            return cur;
-        }
-        let mut last = self.last_attempt.lock().await;
-        // Someone else may have refreshed while we waited for the lock.
-        let cur = self.current();
-        if satisfied(&cur) {
-            return cur;
-        }
-        if last.is_some_and(|t| t.elapsed() < self.min_interval) {
-            return cur;
-        }
-        *last = Some(Instant::now());
-        let _ = self.refresh_locked().await;
-        self.current()
     }
 }
 
@@ -563,5 +647,85 @@ mod tests {
         assert_eq!(set.candidates(None, "ES256").count(), 0);
         assert!(KeySet::parse(&json!({"keys": [{"kty": "oct", "k": "eA"}]})).is_err());
         assert!(KeySet::parse(&json!({"nokeys": 1})).is_err());
+    }
+
+    /// Keys read from `path`, refetched for tokens no key verifies at most once per `min`.
+    fn file_keys(path: &std::path::Path, min: Duration) -> Arc<IssuerKeys> {
+        IssuerKeys::new(
+            "test".into(),
+            KeySource::File(path.to_owned()),
+            String::new(),
+            HttpsClient::new(None, Duration::from_secs(1)).unwrap(),
+            min,
+            Metrics::new().unwrap(),
+        )
+    }
+
+    fn jwks_with(kids: &[&str]) -> String {
+        let keys: Vec<Value> = kids
+            .iter()
+            .map(|k| {
+                let mut j = rsa_jwk();
+                j["kid"] = json!(k);
+                j
+            })
+            .collect();
+        json!({ "keys": keys }).to_string()
+    }
+
+    fn has(kid: &'static str) -> impl Fn(&KeySet) -> Result<(), &'static str> {
+        move |set: &KeySet| {
+            if set.has_kid(kid) {
+                Ok(())
+            } else {
+                Err("no key")
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_no_comes_only_from_a_fresh_fetch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, jwks_with(&["k1"])).unwrap();
+        let keys = file_keys(&path, Duration::ZERO);
+        keys.refresh().await.unwrap();
+        // Known: no fetch needed.
+        assert_eq!(keys.verify_fresh(has("k1")).await, Ok(Fresh::Verified(())));
+        // Published after the load: fetched for the token that needs it.
+        std::fs::write(&path, jwks_with(&["k1", "k2"])).unwrap();
+        assert_eq!(keys.verify_fresh(has("k2")).await, Ok(Fresh::Verified(())));
+        // Not in a set fetched after the token failed: a plain no.
+        assert_eq!(
+            keys.verify_fresh(has("k3")).await,
+            Ok(Fresh::Refused("no key"))
+        );
+        // The source fails: could not check, and the last good set stays.
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            keys.verify_fresh(has("k3")).await,
+            Err(Stale::Fetch(FetchError::File { .. }))
+        ));
+        assert!(keys.current().unwrap().has_kid("k2"));
+        assert_eq!(keys.verify_fresh(has("k2")).await, Ok(Fresh::Verified(())));
+    }
+
+    #[tokio::test]
+    async fn inside_the_floor_an_unknown_kid_is_could_not_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jwks.json");
+        std::fs::write(&path, jwks_with(&["k1"])).unwrap();
+        let keys = file_keys(&path, Duration::from_secs(3600));
+        keys.refresh().await.unwrap();
+        std::fs::write(&path, jwks_with(&["k1", "k2"])).unwrap();
+        for kid in ["k2", "k3"] {
+            assert_eq!(
+                keys.verify_fresh(has(kid)).await,
+                Err(Stale::RateLimited(Duration::from_secs(3600)))
+            );
+        }
+        // The periodic refresh is not limited, and what it loads verifies.
+        keys.refresh().await.unwrap();
+        assert_eq!(keys.verify_fresh(has("k2")).await, Ok(Fresh::Verified(())));
     }
 }

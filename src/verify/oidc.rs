@@ -13,11 +13,12 @@ use serde_json::{Map, Value, json};
 
 use super::authn_config::{JwtAuthenticator, validate};
 use super::cel::{CelEnv, Expr};
-use super::jwks::{ALLOWED_ALGS, HttpsClient, IssuerKeys, KeySource};
+use super::jwks::{ALLOWED_ALGS, Fresh, IssuerKeys, KeySet, KeySource, Stale};
 use super::{Identity, Outcome, RejectReason, Rejection, Token, Verifier, VerifyError};
 use crate::clock::UnixTime;
 use crate::k8s::token_review::UserInfo;
 use crate::metrics::Metrics;
+use crate::outbound::HttpsClient;
 
 /// kube's extra key for the token id.
 const CREDENTIAL_ID: &str = "authentication.kubernetes.io/credential-id";
@@ -40,7 +41,8 @@ pub struct JwtSettings {
     pub leeway: Duration,
     /// Periodic JWKS refresh.
     pub refresh_interval: Duration,
-    /// Minimum time between refreshes triggered by unknown `kid`s.
+    /// Least time from the end of one JWKS fetch to the start of a fetch for a token that
+    /// no key verifies (unknown `kid`); such tokens arriving sooner are "could not check".
     pub min_refresh_interval: Duration,
     /// Timeout of one fetch.
     pub fetch_timeout: Duration,
@@ -51,7 +53,7 @@ impl Default for JwtSettings {
         JwtSettings {
             leeway: Duration::from_secs(60),
             refresh_interval: Duration::from_secs(600),
-            min_refresh_interval: Duration::from_secs(10),
+            min_refresh_interval: Duration::from_secs(1),
             fetch_timeout: Duration::from_secs(10),
         }
     }
@@ -309,30 +311,49 @@ impl JwtIssuer {
         cel: &CelEnv,
         now: UnixTime,
     ) -> Result<Outcome, VerifyError> {
-        let Some(keys) = self.keys.for_kid(header.kid.as_deref()).await else {
-            return Err(VerifyError::Unavailable {
-                verifier: format!("jwt issuer {}", self.url),
-                reason: "no signing keys could be loaded yet".into(),
-            });
-        };
-        let mut candidates = keys
-            .candidates(header.kid.as_deref(), &header.alg)
-            .peekable();
-        if candidates.peek().is_none() {
-            return Ok(reject(
-                RejectReason::UnknownKey,
-                format!("no key for kid {:?} and alg {}", header.kid, header.alg),
-            ));
-        }
         let (signing_input, signature) = match token.rsplit_once('.') {
             Some((input, sig)) => (input, URL_SAFE_NO_PAD.decode(sig).unwrap_or_default()),
             None => (token, Vec::new()),
         };
-        if !candidates.any(|k| k.verify(&header.alg, signing_input.as_bytes(), &signature)) {
-            return Ok(reject(
-                RejectReason::BadSignature,
-                "signature does not verify",
-            ));
+        let (kid, alg) = (header.kid.as_deref(), header.alg.as_str());
+        // kube (go-oidc) tries every key with the token's kid, or every key when it has
+        // none, and refetches when none verifies; so does `verify_fresh`.
+        let check = |set: &KeySet| {
+            let mut candidates = set.candidates(kid, alg).peekable();
+            if candidates.peek().is_none() {
+                Err(RejectReason::UnknownKey)
+            } else if candidates.any(|k| k.verify(alg, signing_input.as_bytes(), &signature)) {
+                Ok(())
+            } else {
+                Err(RejectReason::BadSignature)
+            }
+        };
+        match self.keys.verify_fresh(check).await {
+            Ok(Fresh::Verified(())) => {}
+            Ok(Fresh::Refused(RejectReason::UnknownKey)) => {
+                return Ok(reject(
+                    RejectReason::UnknownKey,
+                    format!("no key for kid {kid:?} and alg {alg}, even after refetching"),
+                ));
+            }
+            Ok(Fresh::Refused(reason)) => {
+                return Ok(reject(reason, "signature does not verify"));
+            }
+            Err(e) => {
+                let why = match &e {
+                    Stale::Fetch(f) => format!("{e}: {f}"),
+                    Stale::RateLimited(_) => e.to_string(),
+                };
+                let reason = if self.keys.current().is_some() {
+                    format!("no key verifies the token (kid {kid:?}) and {why}")
+                } else {
+                    format!("no signing keys could be loaded yet ({why})")
+                };
+                return Err(VerifyError::Unavailable {
+                    verifier: format!("jwt issuer {}", self.url),
+                    reason,
+                });
+            }
         }
         let claims: Map<String, Value> = match serde_json::from_slice(payload) {
             Ok(c) => c,

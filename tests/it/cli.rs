@@ -160,6 +160,53 @@ async fn sigterm_finishes_the_request_in_flight() {
     assert!(wait_exit(&mut child).await.success());
 }
 
+/// Issue 12: the binary logs through the non-blocking writer: start and stop still reach
+/// stderr (the guard flushes on exit), an accepted review writes no line at the default
+/// level while a refused one does, and `/metrics` counts dropped lines.
+#[tokio::test]
+async fn logs_start_stop_and_refusals_but_not_each_accepted_review() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("dev");
+    let (child, base, _) = start(&dir, &[]);
+    let c = admin_client(&dir, &base);
+    let alice = token_of(&dir, "alice");
+    for _ in 0..3 {
+        let r = c.review(&alice, &[]).await;
+        assert_eq!(r.json()["status"]["authenticated"], true);
+    }
+    let r = c.review("not-a-known-token-at-all", &[]).await;
+    assert_ne!(r.json()["status"]["authenticated"], true);
+    let metrics = c.get("/metrics").await;
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .text()
+            .lines()
+            .any(|l| l == "tokenhook_log_lines_dropped_total 0"),
+        "{}",
+        metrics.text()
+    );
+    let (status, logs) = crate::support::dev::stop(&dir, child).await;
+    assert!(status.success());
+    let first = logs
+        .lines()
+        .position(|l| l.contains("serving TokenReviews over TLS"));
+    let last = logs.lines().position(|l| l.contains("stopped"));
+    assert!(
+        matches!((first, last), (Some(a), Some(b)) if a < b),
+        "start and stop lines missing: {logs}"
+    );
+    let reviews: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(" review ") || l.contains(": review"))
+        .collect();
+    assert_eq!(reviews.len(), 1, "{logs}");
+    assert!(
+        reviews.iter().all(|l| l.contains("unauthenticated")),
+        "{logs}"
+    );
+}
+
 #[test]
 fn bad_config_exits_64_naming_every_problem() {
     let tmp = tempfile::tempdir().unwrap();

@@ -317,6 +317,8 @@ fn deploy_yaml_files_parse_and_templates_are_well_formed() {
         "secret-tokens.yaml",
         "certificate.yaml",
         "servicemonitor.yaml",
+        "prometheusrule.yaml",
+        "grafana-dashboard.yaml",
         "pdb.yaml",
         "networkpolicy.yaml",
         "hpa.yaml",
@@ -368,6 +370,8 @@ fn deploy_values_match_the_schema_and_bad_values_do_not() {
         "config: {metrics: {listen: '0.0.0.0:9443', anonymous: true}}",
         "config: {verifiers: [{type: service_account}, {type: jwt, issuer: {url: 'https://ci.example.com'}, jwks_file: /etc/tokenhook/mint/ci-jwks.json}]}",
         "authenticationConfig: {content: {apiVersion: apiserver.config.k8s.io/v1, kind: AuthenticationConfiguration}}",
+        "prometheusRule: {enabled: true, namespace: monitoring, labels: {release: kube-prometheus-stack}}",
+        "grafanaDashboard: {enabled: true, namespace: monitoring, annotations: {grafana_folder: Authentication}}",
     ] {
         let v = with(file);
         let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
@@ -401,6 +405,15 @@ fn deploy_values_match_the_schema_and_bad_values_do_not() {
             "/config/verifiers/0/type",
         ),
         ("serviceMonitor: {scheme: http}", "/serviceMonitor/scheme"),
+        (
+            "prometheusRule: {enabled: 'true'}",
+            "/prometheusRule/enabled",
+        ),
+        ("prometheusRule: {severity: page}", "/prometheusRule"),
+        (
+            "grafanaDashboard: {labels: {grafana_dashboard: 1}}",
+            "/grafanaDashboard/labels/grafana_dashboard",
+        ),
         ("podAntiAffinityPreset: always", "/podAntiAffinityPreset"),
         (
             "resources: {limits: {memory: lots}}",

@@ -15,6 +15,7 @@ mod errors;
 mod hostile;
 mod jwt;
 mod mint;
+mod monitoring;
 mod operate;
 mod reload;
 mod review;

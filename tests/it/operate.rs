@@ -8,8 +8,10 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use crate::assert_eventually;
+use crate::jwt::issuer_yaml;
 use crate::support::dev::{admin_client, signal, start, stop, token_of};
-use crate::support::{Client, Opts, TestServer, ensure_debian_package, replace_file};
+use crate::support::issuer::Issuer;
+use crate::support::{Client, Opts, TOKENS, TestServer, ensure_debian_package, replace_file};
 
 /// GET over plain HTTP (Prometheus's own API on loopback).
 async fn plain_get(addr: &str, path: &str) -> Option<Value> {
@@ -124,11 +126,34 @@ async fn exposition_passes_promtool_and_never_carries_secrets() {
 
 #[tokio::test]
 async fn a_real_prometheus_scrapes_it() {
-    let s = TestServer::start(Opts {
-        client_names: Some(vec!["kube-apiserver".into(), "prometheus".into()]),
-        extra_toml: "[metrics]\nlisten = \"127.0.0.1:0\"\n".into(),
-        ..Opts::default()
-    })
+    // Minting and a JWT issuer besides the static tokens, so that the traffic below touches
+    // every series the Grafana dashboard shows. The issuer needs the CA first: a probe
+    // server makes it.
+    // A second issuer is down from the start: until it delivers keys its tokens are
+    // answered "could not check" (503) and readiness fails.
+    let probe = TestServer::start(Opts::default()).await;
+    let iss = Issuer::start(&probe.ca).await;
+    let late = Issuer::start(&probe.ca).await;
+    late.set_down(true);
+    let mapping = "  claimMappings:\n    username:\n      claim: sub\n      prefix: \"oidc:\"\n";
+    std::fs::write(
+        probe.path("authn.yaml"),
+        format!(
+            "apiVersion: apiserver.config.k8s.io/v1\nkind: AuthenticationConfiguration\njwt:\n{}{mapping}{}{mapping}",
+            issuer_yaml(&iss, &probe.ca.pem, &["my-app"]),
+            issuer_yaml(&late, &probe.ca.pem, &["my-app"]),
+        ),
+    )
+    .unwrap();
+    let s = TestServer::start_in(
+        probe,
+        Opts {
+            client_names: Some(vec!["kube-apiserver".into(), "prometheus".into()]),
+            extra_toml: "[metrics]\nlisten = \"127.0.0.1:0\"\n[jwt]\nmin_refresh_interval_seconds = 0\n[[verifiers]]\ntype = \"authentication_config\"\nfile = \"authn.yaml\"\n".into(),
+            mint: true,
+            ..Opts::default()
+        },
+    )
     .await;
     let metrics_addr = s._running.metrics_addr.unwrap();
     // The metrics listener serves metrics (with the caller rules) and health, nothing else;
@@ -136,7 +161,11 @@ async fn a_real_prometheus_scrapes_it() {
     let prom = s.ca.client("prometheus");
     let mc = Client::new(metrics_addr, &s.ca.pem, Some(&prom));
     assert_eq!(mc.get("/metrics").await.status, 200);
-    assert_eq!(mc.get("/readyz").await.status, 200);
+    assert_eq!(
+        mc.get("/readyz").await.status,
+        500,
+        "the late issuer has no keys"
+    );
     assert_eq!(
         Client::new(metrics_addr, &s.ca.pem, None)
             .get("/metrics")
@@ -180,11 +209,20 @@ async fn a_real_prometheus_scrapes_it() {
         .stderr(Stdio::null())
         .spawn()
         .expect("prometheus is required (Debian package prometheus; .ci/run installs it)");
-    let query = |q: &'static str| {
-        let web = web.clone();
+    // The instant vector `q` evaluates to (None when Prometheus answers no or an error).
+    let series = |q: &str| {
+        let (web, q) = (web.clone(), q.to_owned());
         async move {
+            let q: String = form_urlencoded::byte_serialize(q.as_bytes()).collect();
             let v = plain_get(&web, &format!("/api/v1/query?query={q}")).await?;
-            v["data"]["result"][0]["value"][1]
+            (v["status"] == "success").then_some(())?;
+            v["data"]["result"].as_array().cloned()
+        }
+    };
+    let query = |q: &'static str| {
+        let series = &series;
+        async move {
+            series(q).await?.first()?["value"][1]
                 .as_str()?
                 .parse::<f64>()
                 .ok()
@@ -194,7 +232,7 @@ async fn a_real_prometheus_scrapes_it() {
     c.review("alice-token", &[]).await;
     assert_eventually!(
         60,
-        query("up%7Bjob%3D%22tokenhook%22%7D").await == Some(1.0),
+        query("up{job=\"tokenhook\"}").await == Some(1.0),
         "Prometheus never scraped tokenhook (up != 1)"
     );
     let total = "sum(tokenhook_reviews_total)";
@@ -214,6 +252,71 @@ async fn a_real_prometheus_scrapes_it() {
             .is_some_and(|v| v >= before + 5.0),
         "{total} did not increase"
     );
+
+    // Traffic for every dashboard panel: answers of each outcome and verifier, a rejection,
+    // a minted token, a "could not check" (503), a reload.
+    assert_eq!(
+        c.review("no-such-token", &[]).await.json()["status"],
+        json!({"user": {}})
+    );
+    let jwt = iss.sign("k1", &iss.claims(json!({})));
+    assert_eq!(
+        c.review(&jwt, &[]).await.json()["status"]["user"]["username"],
+        "oidc:jane"
+    );
+    let now = tokenhook::clock::Clock::System.now().0;
+    let expired = iss.sign(
+        "k1",
+        &iss.claims(json!({"iat": now - 7200, "nbf": now - 7200, "exp": now - 3600})),
+    );
+    let r = c.review(&expired, &[]).await;
+    assert_eq!(r.status, 201);
+    assert_ne!(r.json()["status"]["authenticated"], true);
+    let admin = Client::new(s.addr, &s.ca.pem, Some(&s.ca.client("tokenhook-admin")));
+    let r = admin
+        .post_json(
+            "/api/v1/namespaces/ci/serviceaccounts/builder/token",
+            &json!({"spec": {"audiences": ["vault"]}}),
+        )
+        .await;
+    let minted = r.json()["status"]["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        c.review(&minted, &["vault"]).await.json()["status"]["authenticated"],
+        true
+    );
+    // The late issuer's token while it is down: could not check; once it is up: yes, and
+    // the pods are ready.
+    let late_jwt = late.sign("k1", &late.claims(json!({})));
+    assert_eq!(c.review(&late_jwt, &[]).await.status, 503);
+    late.set_down(false);
+    assert_eq!(
+        c.review(&late_jwt, &[]).await.json()["status"]["authenticated"],
+        true
+    );
+    assert_eq!(mc.get("/readyz").await.status, 200);
+    replace_file(&s.tokens_path, &format!("{TOKENS}# reloaded\n"));
+    assert_eventually!(
+        30,
+        query("tokenhook_reloads_total{source=\"static_tokens\",result=\"success\"}")
+            .await
+            .is_some_and(|v| v >= 1.0),
+        "token file reload not counted"
+    );
+    let errors = "sum(tokenhook_reviews_total{outcome=\"error\"})";
+    assert_eventually!(
+        30,
+        query(errors).await.is_some(),
+        "the 503 never reached Prometheus"
+    );
+
+    // Every query of the Grafana dashboard (and of its variables) returns series.
+    for (what, q) in crate::monitoring::dashboard_queries("tokenhook") {
+        assert_eventually!(
+            30,
+            series(&q).await.is_some_and(|r| !r.is_empty()),
+            "Grafana dashboard {what}: no series for {q}"
+        );
+    }
     prometheus.kill().unwrap();
     let _ = prometheus.wait();
 }
@@ -240,10 +343,9 @@ async fn sighup_reloads_and_json_logs_carry_request_ids_not_tokens() {
         format!("{tokens}sighup-token-value,zed,9\n"),
     )
     .unwrap();
-    assert_eq!(
-        c.review("sighup-token-value", &[]).await.json()["status"],
-        json!({"user": {}})
-    );
+    let refused = c.review("sighup-token-value", &[]).await;
+    assert_eq!(refused.json()["status"], json!({"user": {}}));
+    let refused_id = refused.headers["x-request-id"].to_str().unwrap().to_owned();
     signal(&child, "-HUP");
     assert_eventually!(
         10,
@@ -256,12 +358,21 @@ async fn sighup_reloads_and_json_logs_carry_request_ids_not_tokens() {
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
     assert!(!lines.is_empty(), "no JSON log lines: {logs}");
+    // Issue 12: at the default level an accepted token logs no line (it is counted in
+    // /metrics); a refused one does, carrying its request id.
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l["message"] == "review" && l["span"]["id"] == request_id.as_str()),
+        "a review line for an accepted token at info: {logs}"
+    );
     let review = lines
         .iter()
-        .find(|l| l["message"] == "review" && l["span"]["id"] == request_id.as_str())
-        .unwrap_or_else(|| panic!("no review line with request id {request_id}: {logs}"));
-    assert_eq!(review["verifier"], "static");
-    assert_eq!(review["outcome"], "authenticated");
+        .find(|l| l["message"] == "review" && l["span"]["id"] == refused_id.as_str())
+        .unwrap_or_else(|| panic!("no review line with request id {refused_id}: {logs}"));
+    assert_eq!(review["level"], "INFO");
+    assert_eq!(review["verifier"], "none");
+    assert_eq!(review["outcome"], "unauthenticated");
     assert_eq!(
         review["token"].as_str().unwrap().len(),
         16,

@@ -9,11 +9,12 @@ use tracing::Instrument;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::http_error::{Body, status_response, text};
-use super::{App, ConnInfo};
+use crate::app::App;
 use crate::k8s::Status;
 use crate::k8s::token_review::ApiVersion;
 use crate::review;
+use crate::server::ConnInfo;
+use crate::server::http_error::{Body, status_response, text};
 
 /// What a path is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +146,7 @@ async fn route_request(
     let started = Instant::now();
     let path = req.uri().path().to_owned();
     let route = Route::of(&app, &path);
-    let pretty_hint = super::body::user_agent_wants_pretty(req.headers());
+    let pretty_hint = crate::server::body::user_agent_wants_pretty(req.headers());
     let arrival = review::Arrival {
         started,
         pretty_hint,
@@ -195,7 +196,7 @@ async fn route_request(
         }
         (Route::ApiDiscovery, &Method::GET) => {
             match crate::k8s::discovery::document(&path, app.issuer.is_some()) {
-                Some(doc) => super::http_error::json(
+                Some(doc) => crate::server::http_error::json(
                     StatusCode::OK,
                     crate::k8s::codec::encode(&doc, pretty_hint),
                 ),
@@ -203,14 +204,15 @@ async fn route_request(
             }
         }
         (Route::OpenApiV2, &Method::GET) => openapi_v2(req.headers()),
-        (Route::OpenApiIndex, &Method::GET) => super::http_error::json(
+        (Route::OpenApiIndex, &Method::GET) => crate::server::http_error::json(
             StatusCode::OK,
             crate::k8s::codec::encode(&crate::k8s::discovery::openapi_index(), false),
         ),
         (Route::OpenApi(v), &Method::GET) => match crate::k8s::discovery::openapi(v) {
-            Some(doc) => {
-                super::http_error::json(StatusCode::OK, crate::k8s::codec::encode(&doc, false))
-            }
+            Some(doc) => crate::server::http_error::json(
+                StatusCode::OK,
+                crate::k8s::codec::encode(&doc, false),
+            ),
             None => status_response(&Status::path_not_found(), pretty_hint),
         },
         (Route::Metrics, &Method::GET) => Box::pin(metrics(&app, &conn, &req)).await,
@@ -236,7 +238,8 @@ fn discovery(app: &App, jwks: bool) -> Response<Body> {
     } else {
         (issuer.discovery(), "application/json")
     };
-    let mut r = super::http_error::json(StatusCode::OK, crate::k8s::codec::encode(&doc, false));
+    let mut r =
+        crate::server::http_error::json(StatusCode::OK, crate::k8s::codec::encode(&doc, false));
     let h = r.headers_mut();
     h.insert(
         http::header::CONTENT_TYPE,
@@ -266,7 +269,7 @@ fn openapi_v2(headers: &http::HeaderMap) -> Response<Body> {
         );
         r
     } else {
-        super::http_error::json(
+        crate::server::http_error::json(
             StatusCode::OK,
             crate::k8s::codec::encode(&openapi_v2::json(), false),
         )
@@ -286,7 +289,7 @@ fn version() -> Response<Body> {
         "compiler": "rustc",
         "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
     });
-    super::http_error::json(StatusCode::OK, crate::k8s::codec::encode(&v, false))
+    crate::server::http_error::json(StatusCode::OK, crate::k8s::codec::encode(&v, false))
 }
 
 async fn metrics(app: &App, conn: &ConnInfo, req: &Request<Incoming>) -> Response<Body> {
