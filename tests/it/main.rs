@@ -11,6 +11,7 @@ mod support;
 
 mod cli;
 mod deploy;
+mod e2e;
 mod errors;
 mod hostile;
 mod jwt;

@@ -2,6 +2,7 @@
 
 pub mod dev;
 pub mod issuer;
+pub mod k8s;
 pub mod secrets;
 
 use std::net::SocketAddr;
@@ -101,6 +102,8 @@ pub struct Opts {
     pub reload_interval_ms: u64,
     /// More `[server]` keys.
     pub server_toml: String,
+    /// `server.listen` (default `127.0.0.1:0`; a fixed address to restart on the same port).
+    pub listen: String,
 }
 
 impl Default for Opts {
@@ -113,6 +116,7 @@ impl Default for Opts {
             mint: false,
             reload_interval_ms: 50,
             server_toml: String::new(),
+            listen: "127.0.0.1:0".into(),
         }
     }
 }
@@ -220,7 +224,8 @@ impl TestServer {
         Self::start_with(dir, ca, opts).await
     }
 
-    async fn start_with(dir: tempfile::TempDir, ca: Ca, opts: Opts) -> TestServer {
+    /// Starts a server in `dir` with `ca` (after a [`Running::shutdown`], to start again there).
+    pub async fn start_with(dir: tempfile::TempDir, ca: Ca, opts: Opts) -> TestServer {
         secrets::capture_logs();
         let (config_path, caller, tokens_path) = write_setup(dir.path(), &ca, &opts);
         let config = config::load(
@@ -326,8 +331,9 @@ pub fn write_setup(dir: &Path, ca: &Ca, opts: &Opts) -> (PathBuf, Leaf, PathBuf)
     }
     let reload = opts.reload_interval_ms;
     let server_extra = &opts.server_toml;
+    let listen = &opts.listen;
     let toml = format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nreload_interval_ms = {reload}\nshutdown_grace_seconds = 5\n{server_extra}\n{callers}\n{extra}\n{verifiers}"
+        "[server]\nlisten = \"{listen}\"\ncert_file = \"server.crt\"\nkey_file = \"server.key\"\nreload_interval_ms = {reload}\nshutdown_grace_seconds = 5\n{server_extra}\n{callers}\n{extra}\n{verifiers}"
     );
     let config_path = w("tokenhook.toml", &toml);
     (config_path, caller, tokens_path)
