@@ -121,7 +121,7 @@ pub(super) async fn verifiers(
                 let bytes = read("AuthenticationConfiguration", file)?;
                 let conf = authn_config::load(file)?;
                 let issuers =
-                    build_all(&conf.jwt, &settings, &cel, &metrics).map_err(BindError::Jwt)?;
+                    build_all(&conf.jwt, &settings, &cel, metrics).map_err(BindError::Jwt)?;
                 for i in &issuers {
                     start_keys(&i.keys, config, &settings, stop_rx, reload_rx).await?;
                 }

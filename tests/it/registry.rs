@@ -219,24 +219,17 @@ async fn registry_pod_bound_tokens_follow_the_cluster() {
     apply(&api, &pod("p1", "builder", Some("n1")));
     let new_uid = uid(&api, &["pod", "p1", "-n", NS]);
     assert_ne!(new_uid, pod_uid);
-    let mut fresh = None;
-    assert!(
-        within(Duration::from_secs(30), || {
-            let r = mint(bound("p1", &new_uid));
-            let fresh = &mut fresh;
-            async move {
-                let r = r.await;
-                if r.status == 201 {
-                    *fresh = r.json()["status"]["token"].as_str().map(str::to_owned);
-                }
-                fresh.is_some()
-            }
-        })
-        .await,
-        "the recreated pod is seen"
-    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let fresh = loop {
+        let r = mint(bound("p1", &new_uid)).await;
+        if r.status == 201 {
+            break r.json()["status"]["token"].as_str().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "the recreated pod is seen: {}", r.text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(!authenticated(&c, &token).await.0, "old uid refused");
-    assert!(authenticated(&c, &fresh.unwrap()).await.0, "new pod's token");
+    assert!(authenticated(&c, &fresh).await.0, "new pod's token");
 
     // The account itself: deleting it voids every token of it.
     let unbound = mint(json!({"audiences": ["vault"]})).await;
