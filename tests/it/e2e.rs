@@ -165,6 +165,7 @@ impl Stack {
         let issuer = Issuer::start(&ca).await;
         issuer.set_down(issuer_down);
         let dir = tempfile::tempdir().unwrap();
+        k8s::remove_on_exit(dir.path());
         std::fs::write(dir.path().join("authn.yaml"), authn_yaml(&issuer, &ca.pem)).unwrap();
         let hook = TestServer::start_with(dir, ca, hook_opts(tokens(), "127.0.0.1:0")).await;
         let tmp = ApiServer::prepare_dir();
@@ -365,6 +366,7 @@ async fn e2e_outage_retries_and_cache_ttl_as_kube_documents() {
         "k1",
         &issuer.claims(json!({"groups": ["dev"], "tenant": "t"})),
     );
+    crate::support::secrets::secret(&t2);
     let before = answered(&hook, "503").await;
     let login = {
         let (url, ca, dir) = (api.url.clone(), api.ca_file.clone(), api.dir.clone());

@@ -105,6 +105,17 @@ async fn exposition_passes_promtool_and_never_carries_secrets() {
     ] {
         assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing");
     }
+    // Every watched source's reload results exist from the start (at zero), so that
+    // `increase()` in the reload alert sees a first failure.
+    for source in ["tls", "static_tokens", "signing_keys", "revocations"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("tokenhook_reloads_total{")
+                    && l.contains(&format!("source=\"{source}\""))
+                    && l.contains("result=\"failure\"")),
+            "no failure series for {source}"
+        );
+    }
     // Reloading the token file cleared the cache: evictions were counted.
     assert!(
         s.metric("tokenhook_cache_evictions_total", "cause=\"explicit\"")
@@ -309,6 +320,19 @@ async fn a_real_prometheus_scrapes_it() {
         "the 503 never reached Prometheus"
     );
 
+    // A healthy issuer's failure series exists, at zero (so that the JWKS alert's
+    // `increase()` would see a first failure).
+    let healthy = format!(
+        "tokenhook_jwks_refreshes_total{{issuer=\"{}\",result=\"failure\"}}",
+        iss.url
+    );
+    assert_eventually!(
+        30,
+        series(&healthy)
+            .await
+            .is_some_and(|r| r.len() == 1 && r[0]["value"][1] == "0"),
+        "no zero failure series for the healthy issuer"
+    );
     // Every query of the Grafana dashboard (and of its variables) returns series.
     for (what, q) in crate::monitoring::dashboard_queries("tokenhook") {
         assert_eventually!(
