@@ -500,10 +500,17 @@ extend_expiration = {extend}
         extend = m.extend_expiration,
     );
     let registry = match m.registry.source {
-        RegistrySource::Static => "# [mint.registry]\n# source = \"kubernetes\"\n# kubeconfig = \"kubeconfig.yaml\"\n".to_string(),
+        RegistrySource::Static => {
+            "# [mint.registry]\n# source = \"kubernetes\"\n# kubeconfig = \"kubeconfig.yaml\"\n"
+                .to_string()
+        }
         RegistrySource::Kubernetes => format!(
             "[mint.registry]\nsource = \"kubernetes\"\n{}\n",
-            opt("kubeconfig", &path(&m.registry.kubeconfig), "\"kubeconfig.yaml\"")
+            opt(
+                "kubeconfig",
+                &path(&m.registry.kubeconfig),
+                "\"kubeconfig.yaml\""
+            )
         ),
     };
     out.push_str(&format!(

@@ -270,7 +270,12 @@ impl Cluster {
     /// The uid of ServiceAccount `namespace/name`. Here and below, an object whose
     /// `deletionTimestamp` is before `deleted_before` (Unix seconds; 0: never) counts as gone,
     /// as kube's validator treats objects deleted more than its leeway ago.
-    pub fn service_account(&self, namespace: &str, name: &str, deleted_before: u64) -> Option<String> {
+    pub fn service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+        deleted_before: u64,
+    ) -> Option<String> {
         uid_of(&self.service_accounts, namespace, name, deleted_before)
     }
 
@@ -420,10 +425,7 @@ async fn run<K, S, F>(
                             listed_before = true;
                             backoff = MIN_BACKOFF;
                             cluster.set_up(kind, true);
-                            tracing::info!(
-                                kind = kind.resource(),
-                                "registry watch listed"
-                            );
+                            tracing::info!(kind = kind.resource(), "registry watch listed");
                         }
                         _ => {}
                     }

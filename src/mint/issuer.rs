@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::accounts::{Accounts, BoundRef, Lookup};
-use super::cluster::Kind;
 use super::claims::{Claims, username};
+use super::cluster::Kind;
 use super::keys::KeySet;
 use super::revocations::Revocations;
 use crate::clock::UnixTime;

@@ -947,8 +947,14 @@ fn deploy_rbac_grants_list_and_watch_of_exactly_the_registry_kinds() {
     assert_eq!(docs[1]["roleRef"]["kind"], "ClusterRole");
     assert_eq!(docs[1]["subjects"][0]["kind"], "ServiceAccount");
     for (doc, line) in [
-        ("ClusterRole", "  name: {{ include \"tokenhook.fullname\" . }}-registry"),
-        ("binding's roleRef", "  name: {{ include \"tokenhook.fullname\" . }}-registry"),
+        (
+            "ClusterRole",
+            "  name: {{ include \"tokenhook.fullname\" . }}-registry",
+        ),
+        (
+            "binding's roleRef",
+            "  name: {{ include \"tokenhook.fullname\" . }}-registry",
+        ),
         (
             "binding's subject",
             "    name: {{ include \"tokenhook.serviceAccountName\" . }}",

@@ -190,13 +190,28 @@ async fn registry_pod_bound_tokens_follow_the_cluster() {
 
     let (yes, status) = authenticated(&c, &token).await;
     assert!(yes, "{status}");
-    assert_eq!(status["user"]["username"], "system:serviceaccount:default:builder");
+    assert_eq!(
+        status["user"]["username"],
+        "system:serviceaccount:default:builder"
+    );
     assert_eq!(status["user"]["uid"], sa_uid.as_str());
     let extra = &status["user"]["extra"];
-    assert_eq!(extra["authentication.kubernetes.io/pod-name"], json!(["p1"]));
-    assert_eq!(extra["authentication.kubernetes.io/pod-uid"], json!([pod_uid]));
-    assert_eq!(extra["authentication.kubernetes.io/node-name"], json!(["n1"]));
-    assert_eq!(extra["authentication.kubernetes.io/node-uid"], json!([node_uid]));
+    assert_eq!(
+        extra["authentication.kubernetes.io/pod-name"],
+        json!(["p1"])
+    );
+    assert_eq!(
+        extra["authentication.kubernetes.io/pod-uid"],
+        json!([pod_uid])
+    );
+    assert_eq!(
+        extra["authentication.kubernetes.io/node-name"],
+        json!(["n1"])
+    );
+    assert_eq!(
+        extra["authentication.kubernetes.io/node-uid"],
+        json!([node_uid])
+    );
     // Now cached: the next "yes" is a hit.
     assert!(authenticated(&c, &token).await.0);
 
@@ -204,7 +219,14 @@ async fn registry_pod_bound_tokens_follow_the_cluster() {
     // fails within one second, cached verdict or not.
     k8s::ok(
         &api.kubectl(&[
-            "delete", "pod", "p1", "-n", NS, "--grace-period=0", "--force", "--wait=false",
+            "delete",
+            "pod",
+            "p1",
+            "-n",
+            NS,
+            "--grace-period=0",
+            "--force",
+            "--wait=false",
         ]),
         "kubectl delete pod",
     );
@@ -212,7 +234,10 @@ async fn registry_pod_bound_tokens_follow_the_cluster() {
         !authenticated(&c, &token).await.0
     })
     .await;
-    assert!(gone, "the deleted pod's token still authenticates after 1 s");
+    assert!(
+        gone,
+        "the deleted pod's token still authenticates after 1 s"
+    );
 
     // A new pod with the same name has another uid: the old token stays refused, while a
     // token for the new pod is minted and verifies.
@@ -225,7 +250,11 @@ async fn registry_pod_bound_tokens_follow_the_cluster() {
         if r.status == 201 {
             break r.json()["status"]["token"].as_str().unwrap().to_owned();
         }
-        assert!(Instant::now() < deadline, "the recreated pod is seen: {}", r.text());
+        assert!(
+            Instant::now() < deadline,
+            "the recreated pod is seen: {}",
+            r.text()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(!authenticated(&c, &token).await.0, "old uid refused");
@@ -234,10 +263,20 @@ async fn registry_pod_bound_tokens_follow_the_cluster() {
     // The account itself: deleting it voids every token of it.
     let unbound = mint(json!({"audiences": ["vault"]})).await;
     assert_eq!(unbound.status, 201, "{}", unbound.text());
-    let unbound = unbound.json()["status"]["token"].as_str().unwrap().to_owned();
+    let unbound = unbound.json()["status"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(authenticated(&c, &unbound).await.0);
     k8s::ok(
-        &api.kubectl(&["delete", "serviceaccount", "builder", "-n", NS, "--wait=false"]),
+        &api.kubectl(&[
+            "delete",
+            "serviceaccount",
+            "builder",
+            "-n",
+            NS,
+            "--wait=false",
+        ]),
         "kubectl delete serviceaccount",
     );
     assert!(
