@@ -930,6 +930,7 @@ fn deploy_rbac_grants_list_and_watch_of_exactly_the_registry_kinds() {
     // The template's lines with no action are plain YAML: the rules among them.
     let plain: String = text
         .lines()
+        .skip_while(|l| !l.starts_with("apiVersion:"))
         .filter(|l| !l.contains("{{"))
         .map(|l| format!("{l}\n"))
         .collect();
