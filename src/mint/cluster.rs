@@ -475,6 +475,8 @@ mod tests {
         assert_eq!(
             serde_json::to_value(&p).unwrap(),
             serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
                 "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
                 "spec": {"serviceAccountName": "sa", "nodeName": "n1", "containers": []}
             })
