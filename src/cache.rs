@@ -8,6 +8,7 @@ use moka::future::Cache;
 use serde_json::value::RawValue;
 
 use crate::k8s::token_review::TokenReviewStatus;
+use crate::mint::accounts::BoundRef;
 use crate::verify::{Token, VerifyError};
 
 /// A cached verdict: the status to answer, who decided, and how long it may be reused.
@@ -24,6 +25,10 @@ pub struct Cached {
     pub verifier: &'static str,
     /// Lifetime in the cache.
     pub ttl: Duration,
+    /// Cluster objects the verdict depends on (empty for most): see [`Identity::bound`].
+    ///
+    /// [`Identity::bound`]: crate::verify::Identity::bound
+    pub bound: Box<[BoundRef]>,
 }
 
 impl Cached {
@@ -41,7 +46,15 @@ impl Cached {
             authenticated: status.authenticated,
             verifier,
             ttl,
+            bound: Box::default(),
         })
+    }
+
+    /// The same verdict, depending on `bound`.
+    #[must_use]
+    pub fn depending_on(mut self, bound: Vec<BoundRef>) -> Self {
+        self.bound = bound.into_boxed_slice();
+        self
     }
 
     /// The status as compact JSON, exactly as a `TokenReviewStatus` serialises.
@@ -107,9 +120,11 @@ impl VerdictCache {
         evictions: Option<prometheus::IntCounterVec>,
     ) -> Self {
         let inner = config.enabled.then(|| {
+            // Invalidation closures: a deleted pod drops the verdicts that depend on it.
             let builder = Cache::builder()
                 .max_capacity(config.max_entries)
-                .expire_after(PerEntry);
+                .expire_after(PerEntry)
+                .support_invalidation_closures();
             match evictions {
                 Some(counter) => builder
                     .eviction_listener(move |_, _, cause| {
@@ -192,6 +207,37 @@ impl VerdictCache {
     /// Drops every verdict (a source changed: a removed token must stop working now).
     pub fn invalidate_all(&self) {
         if let Some(c) = &self.inner {
+            c.invalidate_all();
+        }
+    }
+
+    /// Drops the verdict under `key`.
+    pub async fn invalidate(&self, key: &Key) {
+        if let Some(c) = &self.inner {
+            c.invalidate(key).await;
+        }
+    }
+
+    /// Drops every verdict that depends on the object with `uid` (it was deleted). From
+    /// this call on, lookups no longer return them; moka frees them in the background.
+    pub fn invalidate_bound(&self, uid: &str) {
+        let uid = uid.to_owned();
+        self.invalidate_if(move |v| v.bound.iter().any(|b| b.uid == uid));
+    }
+
+    /// Drops every verdict that depends on cluster objects.
+    pub fn invalidate_all_bound(&self) {
+        self.invalidate_if(|v| !v.bound.is_empty());
+    }
+
+    fn invalidate_if(&self, f: impl Fn(&Cached) -> bool + Send + Sync + 'static) {
+        if let Some(c) = &self.inner
+            && let Err(e) = c.invalidate_entries_if(move |_, v| f(v))
+        {
+            // Only possible without `support_invalidation_closures`; the verdicts are then
+            // still refused on use (the review path re-checks them), so clearing all is
+            // merely the tidy fallback.
+            tracing::warn!(error = %e, "invalidation closure refused; clearing the cache");
             c.invalidate_all();
         }
     }
@@ -310,6 +356,50 @@ mod tests {
             .await
             .unwrap();
         assert!(hit);
+    }
+
+    #[tokio::test]
+    async fn verdicts_bound_to_a_deleted_object_are_dropped() {
+        use crate::mint::cluster::Kind;
+        let cache = VerdictCache::new(CacheConfig {
+            enabled: true,
+            max_entries: 10,
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+        });
+        let bound = |uid: &str| {
+            Arc::new(
+                Cached::new(
+                    &TokenReviewStatus::unauthenticated(),
+                    "service_account",
+                    Duration::from_secs(60),
+                )
+                .unwrap()
+                .depending_on(vec![BoundRef {
+                    kind: Kind::Pod,
+                    namespace: "ns".into(),
+                    name: "p".into(),
+                    uid: uid.into(),
+                }]),
+            )
+        };
+        for (key, v) in [([3; 32], bound("pod-a")), ([4; 32], bound("pod-b"))] {
+            cache
+                .get_or_verify(|| key, || async { Ok(v) })
+                .await
+                .unwrap();
+        }
+        cache.invalidate_bound("pod-a");
+        let (_, hit_a) = cache
+            .get_or_verify(|| [3; 32], || async { Ok(bound("pod-a")) })
+            .await
+            .unwrap();
+        let (_, hit_b) = cache
+            .get_or_verify(|| [4; 32], || async { panic!("must not run") })
+            .await
+            .unwrap();
+        assert!(!hit_a, "the deleted pod's verdict was dropped");
+        assert!(hit_b, "the other pod's verdict stays");
     }
 
     #[tokio::test]

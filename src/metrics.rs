@@ -53,6 +53,12 @@ pub struct Metrics {
     pub upstream_circuit: IntGaugeVec,
     /// `tokenhook_build_info{version}`, always 1.
     pub build_info: IntGaugeVec,
+    /// `tokenhook_registry_watch_up{resource}`: 1 while the cluster registry's watch of
+    /// `resource` (serviceaccounts, pods, secrets, nodes) is listed and running.
+    pub registry_watch_up: IntGaugeVec,
+    /// `tokenhook_registry_watch_failures_total{resource}`: watches lost (each retried from a
+    /// fresh list after a backoff).
+    pub registry_watch_failures: IntCounterVec,
     /// `tokenhook_connections_open`: TCP connections accepted and not yet closed.
     pub connections_open: IntGauge,
     /// `tokenhook_connections_closed_total{reason}`.
@@ -227,6 +233,22 @@ impl Metrics {
                 registry.register(Box::new(g.clone()))?;
                 g
             },
+            registry_watch_up: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "tokenhook_registry_watch_up",
+                        "1 while the kubernetes registry's watch of a resource is listed and running.",
+                    ),
+                    &["resource"],
+                )?;
+                registry.register(Box::new(g.clone()))?;
+                g
+            },
+            registry_watch_failures: counter(
+                "tokenhook_registry_watch_failures_total",
+                "Watches of the kubernetes registry lost (each retried from a fresh list).",
+                &["resource"],
+            )?,
             connections_open: gauge(
                 "tokenhook_connections_open",
                 "Connections accepted and not yet closed (both listeners).",

@@ -1,7 +1,7 @@
 //! TokenReview: decode (with fieldValidation), cache, chain, audiences, encode — kube-apiserver's semantics.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -111,7 +111,7 @@ pub async fn handle(
             || Box::pin(decide(app, &token, &review.spec.audiences)),
         )
         .await;
-    let (cached, hit) = match verdict {
+    let (mut cached, hit) = match verdict {
         Ok(v) => v,
         Err(e) => {
             app.metrics.review("none", "error");
@@ -129,6 +129,43 @@ pub async fn handle(
         }
     };
     app.metrics.cache_lookup(hit);
+    // A "yes" on a token bound to cluster objects holds only while they exist with the same
+    // uids: checked on every review from the watch caches, so that a verdict cached a
+    // moment before a deletion was seen cannot outlive it.
+    if !cached.bound.is_empty()
+        && let Some(issuer) = &app.issuer
+        && !issuer.config.registry.still_current(
+            &cached.bound,
+            app.clock
+                .now()
+                .0
+                .saturating_sub(crate::mint::issuer::LEEWAY_SECONDS),
+        )
+    {
+        app.cache
+            .invalidate(&VerdictCache::key(&token, &review.spec.audiences))
+            .await;
+        tracing::info!(
+            token = %token.digest().fingerprint(),
+            "cached verdict refers to a deleted or replaced object"
+        );
+        match Cached::new(
+            &TokenReviewStatus::unauthenticated(),
+            cached.verifier,
+            Duration::ZERO,
+        ) {
+            Ok(no) => cached = Arc::new(no),
+            Err(_) => {
+                return status_response(
+                    &Status::service_unavailable(
+                        "the token could not be checked right now; retry",
+                        RETRY_AFTER_SECONDS,
+                    ),
+                    pretty,
+                );
+            }
+        }
+    }
     let outcome = if cached.authenticated {
         "authenticated"
     } else {
@@ -260,8 +297,10 @@ async fn decide(
     let decision = app.chain.verify_for(token, spec_audiences, now).await?;
     let cfg = app.cache.config();
     let negative = |status: TokenReviewStatus| (status, cfg.negative_ttl);
+    let mut bound = Vec::new();
     let (status, ttl) = match decision.outcome {
-        Outcome::Authenticated(id) => {
+        Outcome::Authenticated(mut id) => {
+            bound = std::mem::take(&mut id.bound);
             // Agnostic identities go by the configured API audiences alone (none: valid
             // behind any apiserver); bound ones default to what minted tokens default to.
             let api = match id.audiences {
@@ -317,6 +356,11 @@ async fn decide(
             verifier: decision.verifier.to_string(),
             reason: format!("the verdict could not be encoded: {e}"),
         })?;
+    let cached = if status.authenticated {
+        cached.depending_on(bound)
+    } else {
+        cached
+    };
     Ok(Arc::new(cached))
 }
 

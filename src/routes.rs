@@ -312,8 +312,9 @@ async fn metrics(app: &App, conn: &ConnInfo, req: &Request<Incoming>) -> Respons
 }
 
 /// `/livez`, `/readyz`, `/healthz`, as kube-apiserver answers them: `ok`, or with
-/// `?verbose` one `[+]`/`[-]` line per check. Readiness needs every JWT issuer's keys; a
-/// failed check answers 500 with the list.
+/// `?verbose` one `[+]`/`[-]` line per check. Readiness needs every JWT issuer's keys and,
+/// with the `kubernetes` registry, every watch listed and running; a failed check answers
+/// 500 with the list.
 fn health(app: &App, name: &'static str, query: Option<&str>) -> Response<Body> {
     let verbose = query.is_some_and(|q| {
         q.split('&')
@@ -323,6 +324,9 @@ fn health(app: &App, name: &'static str, query: Option<&str>) -> Response<Body> 
     if name != "livez" {
         checks.push(("tls-certificate".into(), true));
         checks.extend(app.chain.readiness());
+        if let Some(i) = &app.issuer {
+            checks.extend(i.config.registry.readiness());
+        }
     }
     let ok = checks.iter().all(|(_, up)| *up);
     if ok && !verbose {

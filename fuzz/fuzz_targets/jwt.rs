@@ -121,7 +121,7 @@ fn fixture() -> &'static Fixture {
             IssuerConfig {
                 issuer: SA_ISSUER.into(),
                 jwks_uri: format!("{SA_ISSUER}/openid/v1/jwks"),
-                registry: Registry::new(&[account]).expect("registry"),
+                registry: Registry::new(&[account]).expect("registry").into(),
                 signing_key_file: path.clone(),
                 verify_key_files: vec![],
             },

@@ -273,6 +273,7 @@ fn watch_authn_config(
 /// working at once rather than after the cache TTL.
 pub(super) fn issuer(
     m: &crate::config::MintConfig,
+    accounts: crate::mint::accounts::Accounts,
     cache: &VerdictCache,
 ) -> Result<(Arc<Issuer>, Vec<Watched>), BindError> {
     let keys = KeySet::load(&m.signing_key_file, &m.verify_key_files)?;
@@ -298,7 +299,7 @@ pub(super) fn issuer(
         IssuerConfig {
             issuer: m.issuer.clone(),
             jwks_uri: m.jwks_uri.clone(),
-            registry: m.registry.clone(),
+            registry: accounts,
             signing_key_file: m.signing_key_file.clone(),
             verify_key_files: m.verify_key_files.clone(),
         },

@@ -22,6 +22,8 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::k8s::Status;
 use crate::metrics::Metrics;
+use crate::mint::accounts::Accounts;
+use crate::mint::cluster::{self, Cluster};
 use crate::mint::issuer::Issuer;
 use crate::reload;
 use crate::server::caller::CallerAuth;
@@ -73,6 +75,9 @@ pub enum BindError {
     /// A JWT issuer's settings are invalid (every problem listed).
     #[error("JWT issuers:\n  - {}", .0.join("\n  - "))]
     Jwt(Vec<String>),
+    /// The cluster registry's client could not be set up (kubeconfig, in-cluster account).
+    #[error("connecting the service-account registry to the cluster")]
+    Registry(#[from] crate::mint::cluster::ClusterError),
     /// An AuthenticationConfiguration file is unusable.
     #[error("loading the AuthenticationConfiguration")]
     AuthnConfig(#[from] crate::verify::authn_config::AuthnConfigError),
@@ -235,15 +240,24 @@ impl Server {
             config.cache.clone(),
             Some(metrics.cache_evictions.clone()),
         );
+        let (stop, stop_rx) = watch::channel(false);
         let issuer = match &config.mint {
             Some(m) => {
-                let (issuer, w) = build::issuer(m, &cache)?;
+                let accounts = match &m.cluster {
+                    None => Accounts::Static(m.registry.clone()),
+                    Some(kubeconfig) => Accounts::Cluster(Cluster::start(
+                        cluster::client(kubeconfig.as_deref()).await?,
+                        cache.clone(),
+                        metrics.clone(),
+                        stop_rx.clone(),
+                    )),
+                };
+                let (issuer, w) = build::issuer(m, accounts, &cache)?;
                 watched.extend(w);
                 Some(issuer)
             }
             None => None,
         };
-        let (stop, stop_rx) = watch::channel(false);
         // SIGHUP: every file-backed source, the watched files and local JWKS files alike.
         let (reload_now, reload_rx) = watch::channel(0u64);
         let verifiers = build::verifiers(

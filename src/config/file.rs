@@ -210,7 +210,9 @@ pub struct MintSection {
     pub max_expiration_seconds: u64,
     /// kube's `--service-account-extend-token-expiration` for pod-bound 3607 s requests. Default false.
     pub extend_expiration: bool,
-    /// The service accounts that exist.
+    /// Where accounts and bindable objects come from (`[mint.registry]`).
+    pub registry: RegistrySection,
+    /// The service accounts that exist (`source = "static"`).
     pub service_accounts: Vec<AccountEntry>,
     /// Who may mint what. Empty (default): nobody.
     pub policy: Vec<Rule>,
@@ -226,10 +228,32 @@ impl Default for MintSection {
             revocations_file: None,
             max_expiration_seconds: 86_400,
             extend_expiration: false,
+            registry: RegistrySection::default(),
             service_accounts: Vec::new(),
             policy: Vec::new(),
         }
     }
+}
+
+/// `[mint.registry] source`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrySource {
+    /// `[[mint.service_accounts]]` (default): for use outside a cluster.
+    #[default]
+    Static,
+    /// Watches of the cluster's ServiceAccounts, Pods, Secrets and Nodes.
+    Kubernetes,
+}
+
+/// `[mint.registry]`: where accounts and the objects tokens are bound to come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySection {
+    /// `static` (default) or `kubernetes`. Env `TOKENHOOK_MINT__REGISTRY__SOURCE`.
+    pub source: RegistrySource,
+    /// With `kubernetes`: the kubeconfig to use; unset, the pod's in-cluster service account.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// One `[[verifiers]]` entry, tagged by `type`.
@@ -484,6 +508,23 @@ extend_expiration = {extend}
         max = m.max_expiration_seconds,
         extend = m.extend_expiration,
     );
+    let registry = match m.registry.source {
+        RegistrySource::Static => {
+            "# [mint.registry]\n# source = \"kubernetes\"\n# kubeconfig = \"kubeconfig.yaml\"\n"
+                .to_string()
+        }
+        RegistrySource::Kubernetes => format!(
+            "[mint.registry]\nsource = \"kubernetes\"\n{}\n",
+            opt(
+                "kubeconfig",
+                &path(&m.registry.kubeconfig),
+                "\"kubeconfig.yaml\""
+            )
+        ),
+    };
+    out.push_str(&format!(
+        "\n# Where accounts and the pods, secrets and nodes tokens bind to come from: \"static\"\n# (default: [[mint.service_accounts]] below) or \"kubernetes\" (watches of the cluster;\n# kubeconfig unset: the pod's own service account).\n{registry}"
+    ));
     out.push_str(
         "\n# Service accounts that exist; uid is derived from namespace/name when omitted.\n",
     );

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::file::{FileConfig, MintSection, VerifierConfig};
+use super::file::{FileConfig, MintSection, RegistrySource, VerifierConfig};
 use crate::cache::CacheConfig;
 use crate::mint::accounts::Registry;
 use crate::mint::policy::Policy;
@@ -70,8 +70,10 @@ pub struct MintConfig {
     pub max_expiration_seconds: Option<u64>,
     /// kube's extend-token-expiration.
     pub extend_expiration: bool,
-    /// Accounts.
+    /// Accounts (`source = "static"`; empty with `kubernetes`).
     pub registry: Registry,
+    /// `Some(kubeconfig)` with `source = "kubernetes"` (`Some(None)`: in-cluster).
+    pub cluster: Option<Option<PathBuf>>,
     /// Who may mint.
     pub policy: Policy,
 }
@@ -430,6 +432,7 @@ fn validate_mint(
             || !m.verify_key_files.is_empty()
             || m.revocations_file.is_some()
             || !m.service_accounts.is_empty()
+            || m.registry != Default::default()
             || !m.policy.is_empty()
             || m.jwks_uri.is_some();
         if set {
@@ -462,6 +465,23 @@ fn validate_mint(
     let registry = Registry::new(&m.service_accounts)
         .map_err(|e| errs.extend(e))
         .ok();
+    let cluster = match m.registry.source {
+        RegistrySource::Static => {
+            if m.registry.kubeconfig.is_some() {
+                errs.push(
+                    "mint.registry.kubeconfig: only used with mint.registry.source = \"kubernetes\""
+                        .into(),
+                );
+            }
+            None
+        }
+        RegistrySource::Kubernetes => {
+            if !m.service_accounts.is_empty() {
+                errs.push("mint.service_accounts: not used with mint.registry.source = \"kubernetes\" (the cluster's own accounts are)".into());
+            }
+            Some(m.registry.kubeconfig.as_ref().map(rel))
+        }
+    };
     for (i, r) in m.policy.iter().enumerate() {
         if r.users.is_empty() && r.groups.is_empty() {
             errs.push(format!(
@@ -487,6 +507,7 @@ fn validate_mint(
         max_expiration_seconds: (m.max_expiration_seconds != 0).then_some(m.max_expiration_seconds),
         extend_expiration: m.extend_expiration,
         registry: registry?,
+        cluster,
         policy: Policy::new(m.policy.clone()),
     })
 }

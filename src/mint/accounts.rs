@@ -1,9 +1,11 @@
-//! The service-account registry: which accounts exist (namespace, name, uid) and which objects their tokens may be bound to.
+//! The service-account registry: which accounts exist (namespace, name, uid) and which objects their tokens may be bound to, from the configuration (`static`) or from the cluster (`kubernetes`, see `cluster.rs`).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::cluster::{Cluster, Kind, PodFacts};
 use crate::verify::Digest;
 
 /// A named object a token can be bound to.
@@ -170,6 +172,157 @@ impl Registry {
     /// The account `namespace/name`.
     pub fn get(&self, namespace: &str, name: &str) -> Option<&ServiceAccount> {
         self.accounts.get(&(namespace.to_owned(), name.to_owned()))
+    }
+}
+
+/// The answer of a registry lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup<T> {
+    /// It exists.
+    Found(T),
+    /// It does not.
+    Missing,
+    /// The registry cannot tell yet (the cluster's lists have not arrived, or a watch is down
+    /// before its first list): "could not check", never "no".
+    NotReady,
+}
+
+impl<T> From<Option<T>> for Lookup<T> {
+    fn from(o: Option<T>) -> Self {
+        o.map_or(Lookup::Missing, Lookup::Found)
+    }
+}
+
+/// An object a verdict depends on: if it goes, or comes back with another uid, the verdict
+/// is void.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BoundRef {
+    /// Its kind.
+    pub kind: Kind,
+    /// Namespace (empty for nodes).
+    pub namespace: String,
+    /// Name.
+    pub name: String,
+    /// The uid the token carries.
+    pub uid: String,
+}
+
+/// Where accounts and bindable objects come from.
+#[derive(Clone)]
+pub enum Accounts {
+    /// `[[mint.service_accounts]]`: fixed for the life of the process.
+    Static(Registry),
+    /// Watches of the cluster.
+    Cluster(Arc<Cluster>),
+}
+
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Accounts::Static(r) => f.debug_tuple("Static").field(r).finish(),
+            Accounts::Cluster(_) => f.write_str("Cluster"),
+        }
+    }
+}
+
+impl From<Registry> for Accounts {
+    fn from(r: Registry) -> Self {
+        Accounts::Static(r)
+    }
+}
+
+impl Accounts {
+    fn cluster(&self) -> Option<&Cluster> {
+        match self {
+            Accounts::Static(_) => None,
+            Accounts::Cluster(c) => Some(c),
+        }
+    }
+
+    /// The uid of account `namespace/name`. Here and below, with the cluster, an object
+    /// marked for deletion before `deleted_before` (Unix seconds; 0: never) counts as gone.
+    pub fn account(&self, namespace: &str, name: &str, deleted_before: u64) -> Lookup<String> {
+        match self {
+            Accounts::Static(r) => r.get(namespace, name).map(|sa| sa.uid.clone()).into(),
+            Accounts::Cluster(c) if !c.listed() => Lookup::NotReady,
+            Accounts::Cluster(c) => c.service_account(namespace, name, deleted_before).into(),
+        }
+    }
+
+    /// Pod `namespace/name`. Statically, a pod runs as the account it is listed under and
+    /// has no node.
+    pub fn pod(&self, namespace: &str, name: &str, deleted_before: u64) -> Lookup<PodFacts> {
+        match self {
+            Accounts::Static(r) => r
+                .find_object("Pod", namespace, name)
+                .map(|(owner, o)| PodFacts {
+                    uid: o.uid.clone(),
+                    service_account: owner.to_owned(),
+                    node_name: None,
+                })
+                .into(),
+            Accounts::Cluster(c) if !c.listed() => Lookup::NotReady,
+            Accounts::Cluster(c) => c.pod(namespace, name, deleted_before).into(),
+        }
+    }
+
+    /// The uid of Secret `namespace/name`.
+    pub fn secret(&self, namespace: &str, name: &str, deleted_before: u64) -> Lookup<String> {
+        match self {
+            Accounts::Static(r) => r
+                .find_object("Secret", namespace, name)
+                .map(|(_, o)| o.uid.clone())
+                .into(),
+            Accounts::Cluster(c) if !c.listed() => Lookup::NotReady,
+            Accounts::Cluster(c) => c.secret(namespace, name, deleted_before).into(),
+        }
+    }
+
+    /// The uid of Node `name`.
+    pub fn node(&self, name: &str, deleted_before: u64) -> Lookup<String> {
+        match self {
+            Accounts::Static(r) => r
+                .find_object("Node", "", name)
+                .map(|(_, o)| o.uid.clone())
+                .into(),
+            Accounts::Cluster(c) if !c.listed() => Lookup::NotReady,
+            Accounts::Cluster(c) => c.node(name, deleted_before).into(),
+        }
+    }
+
+    /// True when verdicts on tokens bound to cluster objects must be re-checked on use and
+    /// dropped when those objects go: only the cluster changes under a running process.
+    pub fn is_live(&self) -> bool {
+        self.cluster().is_some()
+    }
+
+    /// Notes that a cached verdict depends on `refs` (so that their deletion drops it).
+    pub fn reference(&self, refs: &[BoundRef]) {
+        if let Some(c) = self.cluster() {
+            c.reference(refs.iter().map(|r| r.uid.as_str()));
+        }
+    }
+
+    /// Every object in `refs` still exists with the same uid: a cached "yes" may be reused.
+    /// While a watch is retried its store keeps its last contents, which are used.
+    pub fn still_current(&self, refs: &[BoundRef], deleted_before: u64) -> bool {
+        let Some(c) = self.cluster() else {
+            return true;
+        };
+        refs.iter().all(|r| {
+            let uid = match r.kind {
+                Kind::ServiceAccount => c.service_account(&r.namespace, &r.name, deleted_before),
+                Kind::Pod => c.pod(&r.namespace, &r.name, deleted_before).map(|p| p.uid),
+                Kind::Secret => c.secret(&r.namespace, &r.name, deleted_before),
+                Kind::Node => c.node(&r.name, deleted_before),
+            };
+            uid.as_deref() == Some(r.uid.as_str())
+        })
+    }
+
+    /// `/readyz` checks: one per watched kind, none for the static lists.
+    pub fn readiness(&self) -> Vec<(String, bool)> {
+        self.cluster().map(Cluster::readiness).unwrap_or_default()
     }
 }
 

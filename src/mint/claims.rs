@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::accounts::{ObjectRef, ServiceAccount};
+use super::accounts::ObjectRef;
 use crate::clock::UnixTime;
 
 /// `{name, uid}` inside `kubernetes.io`.
@@ -76,8 +76,14 @@ pub struct Claims {
 pub enum Bound {
     /// Nothing.
     None,
-    /// A pod of the account.
-    Pod(ObjectRef),
+    /// A pod of the account, and the node it was scheduled to (kube names the node of a
+    /// pod-bound token; its uid is empty when the node was not found).
+    Pod {
+        /// The pod.
+        pod: ObjectRef,
+        /// Its node, once scheduled.
+        node: Option<ObjectRef>,
+    },
     /// A secret.
     Secret(ObjectRef),
     /// A node.
@@ -90,9 +96,11 @@ pub fn username(namespace: &str, name: &str) -> String {
 }
 
 /// Builds the claims for a new token.
+#[allow(clippy::too_many_arguments)] // one per claim kube writes; a struct would only rename them
 pub fn new_claims(
     issuer: &str,
-    sa: &ServiceAccount,
+    namespace: &str,
+    sa: &ObjectRef,
     bound: &Bound,
     audiences: Vec<String>,
     now: UnixTime,
@@ -100,16 +108,16 @@ pub fn new_claims(
     jti: String,
 ) -> Claims {
     let mut k = KubernetesClaims {
-        namespace: sa.namespace.clone(),
-        serviceaccount: Some(Ref {
-            name: sa.name.clone(),
-            uid: sa.uid.clone(),
-        }),
+        namespace: namespace.to_owned(),
+        serviceaccount: Some(sa.into()),
         ..KubernetesClaims::default()
     };
     match bound {
         Bound::None => {}
-        Bound::Pod(p) => k.pod = Some(p.into()),
+        Bound::Pod { pod, node } => {
+            k.pod = Some(pod.into());
+            k.node = node.as_ref().map(Ref::from);
+        }
         Bound::Secret(s) => k.secret = Some(s.into()),
         Bound::Node(n) => k.node = Some(n.into()),
     }
@@ -121,7 +129,7 @@ pub fn new_claims(
         jti,
         kubernetes: k,
         nbf: now.0,
-        sub: username(&sa.namespace, &sa.name),
+        sub: username(namespace, &sa.name),
     }
 }
 
@@ -131,21 +139,24 @@ mod tests {
 
     #[test]
     fn layout_matches_kube() {
-        let sa = ServiceAccount {
-            namespace: "ns".into(),
+        let sa = ObjectRef {
             name: "build".into(),
             uid: "u1".into(),
-            pods: vec![],
-            secrets: vec![],
-            nodes: vec![],
         };
         let c = new_claims(
             "https://issuer",
+            "ns",
             &sa,
-            &Bound::Pod(ObjectRef {
-                name: "p".into(),
-                uid: "pu".into(),
-            }),
+            &Bound::Pod {
+                pod: ObjectRef {
+                    name: "p".into(),
+                    uid: "pu".into(),
+                },
+                node: Some(ObjectRef {
+                    name: "n1".into(),
+                    uid: "nu".into(),
+                }),
+            },
             vec!["vault".into()],
             UnixTime(1000),
             600,
@@ -153,7 +164,7 @@ mod tests {
         );
         assert_eq!(
             serde_json::to_string(&c).unwrap(),
-            r#"{"aud":["vault"],"exp":1600,"iat":1000,"iss":"https://issuer","jti":"j","kubernetes.io":{"namespace":"ns","serviceaccount":{"name":"build","uid":"u1"},"pod":{"name":"p","uid":"pu"}},"nbf":1000,"sub":"system:serviceaccount:ns:build"}"#
+            r#"{"aud":["vault"],"exp":1600,"iat":1000,"iss":"https://issuer","jti":"j","kubernetes.io":{"namespace":"ns","serviceaccount":{"name":"build","uid":"u1"},"pod":{"name":"p","uid":"pu"},"node":{"name":"n1","uid":"nu"}},"nbf":1000,"sub":"system:serviceaccount:ns:build"}"#
         );
     }
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use super::accounts::ObjectRef;
+use super::accounts::{Accounts, Lookup, ObjectRef};
 use super::claims::{Bound, new_claims};
 use super::policy::{Ask, Caller};
 use crate::app::App;
@@ -22,6 +22,8 @@ use crate::server::ConnInfo;
 use crate::server::body::{self, Media};
 use crate::server::http_error::{Body, json, status_response};
 
+/// `Retry-After` while the cluster registry is not ready.
+const RETRY_AFTER_SECONDS: u32 = 1;
 /// kube's minimum token lifetime (`MinTokenAgeSec`).
 const MIN_EXPIRATION: i64 = 600;
 /// kube's maximum requestable lifetime.
@@ -81,12 +83,20 @@ fn gvk_string(api_version: &str, kind: &str) -> String {
     format!("{group}/{version}, Kind={kind}")
 }
 
+/// The answer while the cluster registry has not listed its objects yet.
+fn not_ready() -> Status {
+    Status::service_unavailable(
+        "the service-account registry is not ready; retry",
+        RETRY_AFTER_SECONDS,
+    )
+}
+
 /// Resolves `boundObjectRef` against the registry, as kube resolves it against its store.
 fn bind(
     app_ns: &str,
     sa_name: &str,
     r: &BoundObjectReference,
-    registry: &super::accounts::Registry,
+    registry: &Accounts,
 ) -> Result<Bound, Status> {
     let group = r.api_version.split_once('/').map_or("", |(g, _)| g);
     let (resource, kind) = match (group, r.kind.as_str()) {
@@ -103,17 +113,30 @@ fn bind(
     if r.name.is_empty() {
         return Err(Status::bad_request("Name parameter required."));
     }
-    let found: Option<(&str, &ObjectRef)> = registry.find_object(kind, app_ns, &r.name);
-    let Some((owner, obj)) = found else {
-        return Err(Status::not_found("", resource, &r.name));
+    let found = |l: Lookup<String>| match l {
+        Lookup::Found(uid) => Ok(uid),
+        Lookup::Missing => Err(Status::not_found("", resource, &r.name)),
+        Lookup::NotReady => Err(not_ready()),
     };
-    if kind == "Pod" && owner != sa_name {
-        return Err(Status::bad_request(format!(
-            "cannot bind token for serviceaccount {} to pod running with different serviceaccount name.",
-            go_quote(sa_name)
-        )));
-    }
-    if !r.uid.is_empty() && r.uid != obj.uid {
+    let (uid, pod) = match kind {
+        "Pod" => {
+            let pod = match registry.pod(app_ns, &r.name, 0) {
+                Lookup::Found(p) => p,
+                Lookup::Missing => return Err(Status::not_found("", resource, &r.name)),
+                Lookup::NotReady => return Err(not_ready()),
+            };
+            if pod.service_account != sa_name {
+                return Err(Status::bad_request(format!(
+                    "cannot bind token for serviceaccount {} to pod running with different serviceaccount name.",
+                    go_quote(sa_name)
+                )));
+            }
+            (pod.uid.clone(), Some(pod))
+        }
+        "Secret" => (found(registry.secret(app_ns, &r.name, 0))?, None),
+        _ => (found(registry.node(&r.name, 0))?, None),
+    };
+    if !r.uid.is_empty() && r.uid != uid {
         return Err(Status::conflict(
             "",
             kind,
@@ -124,10 +147,25 @@ fn bind(
             ),
         ));
     }
-    Ok(match kind {
-        "Pod" => Bound::Pod(obj.clone()),
-        "Secret" => Bound::Secret(obj.clone()),
-        _ => Bound::Node(obj.clone()),
+    let obj = ObjectRef {
+        name: r.name.clone(),
+        uid,
+    };
+    Ok(match (kind, pod) {
+        // kube puts the pod's node in the claims when it is scheduled: by name alone when
+        // the node is not (or no longer) there.
+        ("Pod", Some(p)) => Bound::Pod {
+            pod: obj,
+            node: p.node_name.map(|name| ObjectRef {
+                uid: match registry.node(&name, 0) {
+                    Lookup::Found(uid) => uid,
+                    Lookup::Missing | Lookup::NotReady => String::new(),
+                },
+                name,
+            }),
+        },
+        ("Secret", _) => Bound::Secret(obj),
+        _ => Bound::Node(obj),
     })
 }
 
@@ -240,8 +278,14 @@ async fn mint(
             )
         })?;
 
-    let Some(sa) = cfg.registry.get(namespace, name) else {
-        return Err(Status::not_found("", "serviceaccounts", name));
+    let registry = &issuer.config.registry;
+    let sa = match registry.account(namespace, name, 0) {
+        Lookup::Found(uid) => ObjectRef {
+            name: name.to_owned(),
+            uid,
+        },
+        Lookup::Missing => return Err(Status::not_found("", "serviceaccounts", name)),
+        Lookup::NotReady => return Err(not_ready()),
     };
     if !tr.metadata.uid.is_empty() && tr.metadata.uid != sa.uid {
         return Err(Status::conflict(
@@ -255,7 +299,7 @@ async fn mint(
         ));
     }
     let bound = match &tr.spec.bound_object_ref {
-        Some(r) => bind(namespace, name, r, &cfg.registry)?,
+        Some(r) => bind(namespace, name, r, registry)?,
         None => Bound::None,
     };
 
@@ -276,7 +320,7 @@ async fn mint(
     let mut token_lifetime = u64::try_from(expiration).unwrap_or(0);
     let mut warnafter = None;
     if cfg.extend_expiration
-        && matches!(bound, Bound::Pod(_))
+        && matches!(bound, Bound::Pod { .. })
         && expiration == EXTENDABLE
         && tr
             .spec
@@ -290,7 +334,8 @@ async fn mint(
     let jti = uuid::Uuid::new_v4().to_string();
     let mut claims = new_claims(
         &cfg.issuer,
-        sa,
+        namespace,
+        &sa,
         &bound,
         tr.spec.audiences.clone(),
         now,
@@ -304,11 +349,11 @@ async fn mint(
     })?;
     app.metrics
         .tokens_minted
-        .with_label_values(&[sa.namespace.as_str()])
+        .with_label_values(&[namespace])
         .inc();
     tracing::info!(
         caller = %caller.user,
-        namespace = %sa.namespace,
+        %namespace,
         serviceaccount = %sa.name,
         audiences = ?tr.spec.audiences,
         expiration_seconds = expiration,
@@ -320,7 +365,7 @@ async fn mint(
 
     let mut metadata = tr.metadata.clone();
     metadata.name = sa.name.clone();
-    metadata.namespace = sa.namespace.clone();
+    metadata.namespace = namespace.to_owned();
     metadata.uid = sa.uid.clone();
     metadata.creation_timestamp = Some(now.rfc3339());
     let status = TokenRequestStatus {

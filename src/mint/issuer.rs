@@ -10,13 +10,14 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::accounts::Registry;
+use super::accounts::{Accounts, BoundRef, Lookup};
 use super::claims::{Claims, username};
+use super::cluster::Kind;
 use super::keys::KeySet;
 use super::revocations::Revocations;
 use crate::clock::UnixTime;
 use crate::k8s::token_review::UserInfo;
-use crate::verify::{Identity, Outcome, RejectReason, Rejection};
+use crate::verify::{Identity, Outcome, RejectReason, Rejection, VerifyError};
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat`, as kube's service-account validator.
 pub const LEEWAY_SECONDS: u64 = 60;
@@ -49,8 +50,8 @@ pub struct IssuerConfig {
     pub issuer: String,
     /// `jwks_uri` published in discovery.
     pub jwks_uri: String,
-    /// Accounts.
-    pub registry: Registry,
+    /// Accounts and the objects tokens are bound to.
+    pub registry: Accounts,
     /// Signing key file.
     pub signing_key_file: PathBuf,
     /// Verify-only key files.
@@ -151,29 +152,38 @@ impl Issuer {
     ///
     /// Anything that is not a compact JWS carrying our `iss` is `NotMine` (the payload is
     /// peeked at unverified only to route it); from then on every failure is a rejection.
-    pub fn verify(&self, token: &str, now: UnixTime) -> Outcome {
+    ///
+    /// # Errors
+    /// The cluster registry has not listed its objects yet: the token cannot be checked.
+    pub fn verify(&self, token: &str, now: UnixTime) -> Result<Outcome, VerifyError> {
         let Some(parts) = crate::verify::split_jwt(token) else {
-            return Outcome::NotMine;
+            return Ok(Outcome::NotMine);
         };
         if parts.iss.as_deref() != Some(self.config.issuer.as_str()) {
-            return Outcome::NotMine;
+            return Ok(Outcome::NotMine);
         }
         let Some(header) = parts.header::<Header>() else {
-            return reject(RejectReason::Malformed, "header is not base64url JSON");
+            return Ok(reject(
+                RejectReason::Malformed,
+                "header is not base64url JSON",
+            ));
         };
         let payload = parts.payload;
         if header.crit.is_some() {
-            return reject(RejectReason::Malformed, "crit header is not supported");
+            return Ok(reject(
+                RejectReason::Malformed,
+                "crit header is not supported",
+            ));
         }
         let keys = self.keys.load();
         let Some(key) = keys.find(&header.kid) else {
-            return reject(
+            return Ok(reject(
                 RejectReason::UnknownKey,
                 format!("unknown kid {:?}", header.kid),
-            );
+            ));
         };
         if header.alg != key.alg.as_str() {
-            return reject(
+            return Ok(reject(
                 RejectReason::BadSignature,
                 format!(
                     "alg {:?} does not match key {} ({})",
@@ -181,83 +191,127 @@ impl Issuer {
                     key.kid,
                     key.alg.as_str()
                 ),
-            );
+            ));
         }
         if josekit::jws::deserialize_compact(token, &*key.verifier).is_err() {
-            return reject(RejectReason::BadSignature, "signature does not verify");
+            return Ok(reject(
+                RejectReason::BadSignature,
+                "signature does not verify",
+            ));
         }
         let claims: Claims = match serde_json::from_slice(&payload) {
             Ok(c) => c,
-            Err(e) => return reject(RejectReason::Malformed, format!("claims: {e}")),
+            Err(e) => return Ok(reject(RejectReason::Malformed, format!("claims: {e}"))),
         };
         self.check_claims(&claims, now)
     }
 
-    fn check_claims(&self, c: &Claims, now: UnixTime) -> Outcome {
+    /// Time, audiences, then kube's validator checks against the registry: the account and
+    /// every bound object exist with the uid the token carries. A pod-bound token's node is
+    /// only carried into the user's extra, as kube does; a node-bound one's node is checked.
+    fn check_claims(&self, c: &Claims, now: UnixTime) -> Result<Outcome, VerifyError> {
         if now.0 >= c.exp.saturating_add(LEEWAY_SECONDS) {
-            return reject(RejectReason::Expired, format!("expired at {}", c.exp));
+            return Ok(reject(
+                RejectReason::Expired,
+                format!("expired at {}", c.exp),
+            ));
         }
         if c.nbf > now.0.saturating_add(LEEWAY_SECONDS)
             || c.iat > now.0.saturating_add(LEEWAY_SECONDS)
         {
-            return reject(
+            return Ok(reject(
                 RejectReason::NotYetValid,
                 format!("not valid before {}", c.nbf),
-            );
+            ));
         }
         if c.aud.is_empty() {
-            return reject(RejectReason::Malformed, "no audiences");
+            return Ok(reject(RejectReason::Malformed, "no audiences"));
         }
         let k = &c.kubernetes;
         let Some(sa_ref) = &k.serviceaccount else {
-            return reject(
+            return Ok(reject(
                 RejectReason::Malformed,
                 "no kubernetes.io/serviceaccount claim",
-            );
+            ));
         };
         if c.sub != username(&k.namespace, &sa_ref.name) {
-            return reject(
+            return Ok(reject(
                 RejectReason::Malformed,
                 "sub does not match kubernetes.io claims",
-            );
+            ));
         }
-        let Some(sa) = self.config.registry.get(&k.namespace, &sa_ref.name) else {
-            return reject(
-                RejectReason::Invalidated,
-                format!(
-                    "service account {}/{} no longer exists",
-                    k.namespace, sa_ref.name
-                ),
-            );
+        let registry = &self.config.registry;
+        let not_ready = || VerifyError::Unavailable {
+            verifier: "service_account".into(),
+            reason: "the cluster registry has not listed its objects yet".into(),
         };
-        if sa.uid != sa_ref.uid {
-            return reject(
-                RejectReason::Invalidated,
-                format!(
-                    "service account UID ({}) does not match claim ({})",
-                    sa.uid, sa_ref.uid
-                ),
-            );
+        let mut bound = vec![BoundRef {
+            kind: Kind::ServiceAccount,
+            namespace: k.namespace.clone(),
+            name: sa_ref.name.clone(),
+            uid: sa_ref.uid.clone(),
+        }];
+        if let Some(p) = &k.pod {
+            bound.push(BoundRef {
+                kind: Kind::Pod,
+                namespace: k.namespace.clone(),
+                name: p.name.clone(),
+                uid: p.uid.clone(),
+            });
         }
-        for (kind, claim, list) in [
-            ("pod", &k.pod, &sa.pods),
-            ("secret", &k.secret, &sa.secrets),
-            ("node", &k.node, &sa.nodes),
-        ] {
-            if let Some(r) = claim {
-                match list.iter().find(|o| o.name == r.name) {
-                    Some(o) if o.uid == r.uid => {}
-                    Some(o) => {
-                        return reject(
-                            RejectReason::Invalidated,
-                            format!("{kind} UID ({}) does not match claim ({})", o.uid, r.uid),
-                        );
-                    }
-                    None => {
-                        return reject(
-                            RejectReason::Invalidated,
-                            format!("{kind} {} no longer exists", r.name),
-                        );
+        if let Some(s) = &k.secret {
+            bound.push(BoundRef {
+                kind: Kind::Secret,
+                namespace: k.namespace.clone(),
+                name: s.name.clone(),
+                uid: s.uid.clone(),
+            });
+        }
+        if let (Some(n), None) = (&k.node, &k.pod) {
+            bound.push(BoundRef {
+                kind: Kind::Node,
+                namespace: String::new(),
+                name: n.name.clone(),
+                uid: n.uid.clone(),
+            });
+        }
+        let mut sa_uid = String::new();
+        // As kube: objects marked for deletion longer ago than the leeway are gone.
+        let deleted_before = now.0.saturating_sub(LEEWAY_SECONDS);
+        for r in &bound {
+            let found = match r.kind {
+                Kind::ServiceAccount => registry.account(&r.namespace, &r.name, deleted_before),
+                Kind::Pod => match registry.pod(&r.namespace, &r.name, deleted_before) {
+                    Lookup::Found(p) => Lookup::Found(p.uid),
+                    Lookup::Missing => Lookup::Missing,
+                    Lookup::NotReady => Lookup::NotReady,
+                },
+                Kind::Secret => registry.secret(&r.namespace, &r.name, deleted_before),
+                Kind::Node => registry.node(&r.name, deleted_before),
+            };
+            let what = match r.kind {
+                Kind::ServiceAccount => "service account",
+                Kind::Pod => "pod",
+                Kind::Secret => "secret",
+                Kind::Node => "node",
+            };
+            match found {
+                Lookup::NotReady => return Err(not_ready()),
+                Lookup::Missing => {
+                    return Ok(reject(
+                        RejectReason::Invalidated,
+                        format!("{what} {}/{} no longer exists", r.namespace, r.name),
+                    ));
+                }
+                Lookup::Found(uid) if uid != r.uid => {
+                    return Ok(reject(
+                        RejectReason::Invalidated,
+                        format!("{what} UID ({uid}) does not match claim ({})", r.uid),
+                    ));
+                }
+                Lookup::Found(uid) => {
+                    if r.kind == Kind::ServiceAccount {
+                        sa_uid = uid;
                     }
                 }
             }
@@ -265,14 +319,14 @@ impl Issuer {
         let bound_uids: Vec<&str> = [&k.pod, &k.secret, &k.node]
             .iter()
             .filter_map(|r| r.as_ref().map(|r| r.uid.as_str()))
-            .chain(std::iter::once(sa.uid.as_str()))
+            .chain(std::iter::once(sa_uid.as_str()))
             .collect();
         if let Some(why) =
             self.revocations
                 .load()
-                .check(&c.jti, &k.namespace, &sa.name, &bound_uids)
+                .check(&c.jti, &k.namespace, &sa_ref.name, &bound_uids)
         {
-            return reject(RejectReason::Revoked, why);
+            return Ok(reject(RejectReason::Revoked, why));
         }
 
         let mut extra: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -282,15 +336,25 @@ impl Issuer {
         }
         if let Some(n) = &k.node {
             extra.insert(EXTRA_NODE_NAME.into(), vec![n.name.clone()]);
-            extra.insert(EXTRA_NODE_UID.into(), vec![n.uid.clone()]);
+            // kube names the node of a pod-bound token even when the node was not found at
+            // minting time; its uid then stays out.
+            if !n.uid.is_empty() {
+                extra.insert(EXTRA_NODE_UID.into(), vec![n.uid.clone()]);
+            }
         }
         if !c.jti.is_empty() {
             extra.insert(EXTRA_CREDENTIAL_ID.into(), vec![format!("JTI={}", c.jti)]);
         }
-        Outcome::Authenticated(Identity {
+        if registry.is_live() {
+            registry.reference(&bound);
+        } else {
+            // The static lists never change under a running process: nothing to re-check.
+            bound.clear();
+        }
+        Ok(Outcome::Authenticated(Identity {
             user: UserInfo {
                 username: c.sub.clone(),
-                uid: sa.uid.clone(),
+                uid: sa_uid,
                 groups: vec![
                     "system:serviceaccounts".into(),
                     format!("system:serviceaccounts:{}", k.namespace),
@@ -299,6 +363,7 @@ impl Issuer {
             },
             audiences: Some(c.aud.clone()),
             expires_at: Some(UnixTime(c.exp)),
-        })
+            bound,
+        }))
     }
 }

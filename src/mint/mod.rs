@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod claims;
+pub mod cluster;
 pub mod handler;
 pub mod issuer;
 pub mod keys;

@@ -146,6 +146,10 @@ pub struct Identity {
     pub audiences: Option<Vec<String>>,
     /// When the token stops being valid, if it says.
     pub expires_at: Option<UnixTime>,
+    /// Cluster objects the identity depends on (a minted token's account and bound object,
+    /// with the `kubernetes` registry): a cached "yes" is re-checked against them on every
+    /// hit and dropped when one is deleted. Empty for every other source.
+    pub bound: Vec<crate::mint::accounts::BoundRef>,
 }
 
 /// Why a recognised token was refused. The label is for metrics; it never reaches the caller.

@@ -587,6 +587,7 @@ impl JwtIssuer {
             // Audience-agnostic towards the review, as kube (DESIGN.md).
             audiences: None,
             expires_at: Some(UnixTime(exp)),
+            bound: Vec::new(),
         })
     }
 }

@@ -21,6 +21,6 @@ impl ServiceAccount {
 
 impl Verifier for ServiceAccount {
     async fn verify(&self, token: &Token, now: UnixTime) -> Result<Outcome, VerifyError> {
-        Ok(self.issuer.verify(token.expose(), now))
+        self.issuer.verify(token.expose(), now)
     }
 }

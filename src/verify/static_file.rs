@@ -238,6 +238,7 @@ impl Verifier for StaticFile {
                 user: e.user.clone(),
                 audiences: e.audiences.clone(),
                 expires_at: None,
+                bound: Vec::new(),
             }),
             None => Outcome::NotMine,
         })

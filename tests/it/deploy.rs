@@ -526,9 +526,12 @@ fn deploy_template_values_references_exist_and_every_value_is_used() {
 fn deploy_rendered_defaults_are_the_expected_objects() {
     let (docs, sources) = rendered();
     let kinds: BTreeSet<&str> = docs.iter().map(|d| str_at(d, "/kind")).collect();
+    // RBAC renders only with config.mint.registry.source = kubernetes (not the default):
+    // see deploy_rbac_grants_list_and_watch_of_exactly_the_registry_kinds.
     let expected: BTreeSet<&str> = [
         "Deployment",
         "Service",
+        "ServiceAccount",
         "ConfigMap",
         "Secret",
         "PodDisruptionBudget",
@@ -562,6 +565,7 @@ fn deploy_rendered_defaults_are_the_expected_objects() {
     for (kind, api) in [
         ("Deployment", "apps/v1"),
         ("Service", "v1"),
+        ("ServiceAccount", "v1"),
         ("ConfigMap", "v1"),
         ("Secret", "v1"),
         ("PodDisruptionBudget", "policy/v1"),
@@ -578,7 +582,12 @@ fn deploy_rendered_deployment_is_replicated_hardened_and_probed() {
     assert!(d["spec"]["replicas"].as_u64().unwrap() >= 2, "replicas");
     assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
     let pod = &d["spec"]["template"]["spec"];
+    // The default (static) registry never calls the API: no token in the pods.
     assert_eq!(pod["automountServiceAccountToken"], false);
+    assert_eq!(
+        pod["serviceAccountName"],
+        find(&docs, "ServiceAccount")["metadata"]["name"]
+    );
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["securityContext"]["runAsUser"], 65532);
     assert_eq!(
@@ -910,4 +919,69 @@ fn deploy_dockerfile_builds_then_runs_tokenhook_as_nonroot() {
             ".dockerignore lacks {excluded}"
         );
     }
+}
+
+/// templates/rbac.yaml: with the `kubernetes` registry, a ClusterRole allowing list and watch of
+/// exactly ServiceAccounts, Pods, Secrets and Nodes, bound to the pods' ServiceAccount; and the
+/// pods get their API token only in that case.
+#[test]
+fn deploy_rbac_grants_list_and_watch_of_exactly_the_registry_kinds() {
+    let templates = chart().join("templates");
+    let text = read(&templates.join("rbac.yaml"));
+    assert!(
+        text.contains("{{- if and .Values.rbac.create (include \"tokenhook.watchesCluster\" .) }}"),
+        "rbac.yaml renders only for the kubernetes registry"
+    );
+    // The template's lines with no action are plain YAML: the rules among them.
+    let plain: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("apiVersion:"))
+        .filter(|l| !l.contains("{{"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let docs = documents(&plain, "rbac.yaml");
+    let kinds: Vec<&str> = docs.iter().map(|d| str_at(d, "/kind")).collect();
+    assert_eq!(kinds, ["ClusterRole", "ClusterRoleBinding"]);
+    assert_eq!(
+        docs[0]["rules"],
+        json!([{
+            "apiGroups": [""],
+            "resources": ["serviceaccounts", "pods", "secrets", "nodes"],
+            "verbs": ["list", "watch"],
+        }])
+    );
+    assert_eq!(docs[1]["roleRef"]["kind"], "ClusterRole");
+    assert_eq!(docs[1]["subjects"][0]["kind"], "ServiceAccount");
+    for (doc, line) in [
+        (
+            "ClusterRole",
+            "  name: {{ include \"tokenhook.fullname\" . }}-registry",
+        ),
+        (
+            "binding's roleRef",
+            "  name: {{ include \"tokenhook.fullname\" . }}-registry",
+        ),
+        (
+            "binding's subject",
+            "    name: {{ include \"tokenhook.serviceAccountName\" . }}",
+        ),
+    ] {
+        assert!(text.contains(line), "{doc}: {line}");
+    }
+    let deployment = read(&templates.join("deployment.yaml"));
+    assert!(deployment.contains(
+        "automountServiceAccountToken: {{ include \"tokenhook.inCluster\" . | eq \"true\" }}"
+    ));
+    assert!(
+        deployment.contains("serviceAccountName: {{ include \"tokenhook.serviceAccountName\" . }}")
+    );
+    // The condition reads tokenhook's own key and value.
+    let helpers = read(&templates.join("_helpers.tpl"));
+    assert!(helpers.contains(r#"dig "mint" "registry" "source" "static" .Values.config"#));
+    let mut f = FileConfig::default();
+    f.mint.registry.source = tokenhook::config::file::RegistrySource::Kubernetes;
+    assert_eq!(
+        serde_json::to_value(&f).unwrap()["mint"]["registry"]["source"],
+        "kubernetes"
+    );
 }

@@ -19,6 +19,7 @@ mod jwt;
 mod mint;
 mod monitoring;
 mod operate;
+mod registry;
 mod reload;
 mod review;
 mod soak;

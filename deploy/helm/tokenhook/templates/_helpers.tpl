@@ -137,3 +137,28 @@ A TOML key: bare when it can be, else quoted.
 {{- define "tokenhook.toml.key" -}}
 {{- if regexMatch "^[A-Za-z0-9_-]+$" . }}{{ . }}{{- else }}{{ toJson . }}{{- end }}
 {{- end }}
+
+{{/*
+The ServiceAccount the pods run as.
+*/}}
+{{- define "tokenhook.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- .Values.serviceAccount.name | default (include "tokenhook.fullname" .) }}
+{{- else }}
+{{- .Values.serviceAccount.name | default "default" }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when config.mint.registry.source is kubernetes: tokenhook then watches the cluster.
+*/}}
+{{- define "tokenhook.watchesCluster" -}}
+{{- if eq (dig "mint" "registry" "source" "static" .Values.config | toString) "kubernetes" }}true{{- end }}
+{{- end }}
+
+{{/*
+"true" when tokenhook reaches the cluster with the pod's own service account (no kubeconfig).
+*/}}
+{{- define "tokenhook.inCluster" -}}
+{{- if and (include "tokenhook.watchesCluster" .) (not (dig "mint" "registry" "kubeconfig" "" .Values.config)) }}true{{- end }}
+{{- end }}
