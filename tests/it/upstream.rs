@@ -403,3 +403,153 @@ async fn invalid_tokenreview_settings_are_all_reported() {
         assert!(err.contains(want), "{want} missing from {err}");
     }
 }
+
+/// kubectl as the apiserver's admin, off the async runtime; its stdout, the run must succeed.
+async fn kubectl_admin(api: &crate::support::k8s::ApiServer, args: &[&str]) -> String {
+    let kubeconfig = api.kubeconfig.clone();
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let what = format!("kubectl {}", args.join(" "));
+        crate::support::k8s::ok(&crate::support::k8s::kubectl(&kubeconfig, &args), &what)
+    })
+    .await
+    .unwrap()
+}
+
+/// The real kube-apiserver as the upstream: a token it mints for one of its own service
+/// accounts is accepted through tokenhook (with its issuer as the audience, and with none),
+/// refused for another audience, and refused once the account is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_kube_apiserver_accepts_its_service_account_tokens_through_tokenhook() {
+    use crate::support::k8s::{self, ApiServer, SA_ISSUER};
+    let Some(bins) = k8s::binaries() else {
+        return;
+    };
+    let api = tokio::task::spawn_blocking(move || ApiServer::start(&bins, &[]))
+        .await
+        .unwrap();
+    kubectl_admin(
+        &api,
+        &["create", "serviceaccount", "robot", "-n", "default"],
+    )
+    .await;
+    let uid = kubectl_admin(
+        &api,
+        &[
+            "get",
+            "serviceaccount",
+            "robot",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ],
+    )
+    .await;
+    let token = kubectl_admin(&api, &["create", "token", "robot", "-n", "default"])
+        .await
+        .trim()
+        .to_owned();
+    crate::support::secrets::secret(&token);
+
+    // tokenhook's upstream: the apiserver's own TokenReview API, its CA, the admin's token
+    // (system:masters may create tokenreviews).
+    let admin: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&api.kubeconfig).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kc = write(
+        &dir,
+        &Kubeconfig {
+            cluster: "apiserver".into(),
+            server: format!("{}/apis/authentication.k8s.io/v1/tokenreviews", api.url),
+            certificate_authority: Source::Data(std::fs::read(&api.ca_file).unwrap()),
+            user: "admin".into(),
+            client_cert: None,
+            token: Some(admin["users"][0]["user"]["token"].as_str().unwrap().into()),
+            context: "webhook".into(),
+        }
+        .render(),
+    );
+    let down = downstream(
+        &kc,
+        "version = \"v1\"\nusername_prefix = \"apiserver:\"\ncache_ttl_seconds = 1",
+    )
+    .await;
+    let c = down.client();
+
+    for audiences in [&[SA_ISSUER][..], &[]] {
+        let r = c.review(&token, audiences).await;
+        assert_eq!(r.status, 201, "{audiences:?}: {}", r.text());
+        let st = &r.json()["status"];
+        assert_eq!(st["authenticated"], true, "{audiences:?}: {st}");
+        let user = &st["user"];
+        assert_eq!(
+            user["username"], "apiserver:system:serviceaccount:default:robot",
+            "{audiences:?}"
+        );
+        assert_eq!(user["uid"], uid.as_str(), "{audiences:?}");
+        let groups: Vec<&str> = user["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g.as_str().unwrap())
+            .collect();
+        for g in ["system:serviceaccounts", "system:serviceaccounts:default"] {
+            assert!(groups.contains(&g), "{audiences:?}: {g} not in {groups:?}");
+        }
+        let ids = user["extra"]["authentication.kubernetes.io/credential-id"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{audiences:?}: no credential-id in {user}"));
+        assert!(
+            ids.len() == 1 && ids[0].as_str().unwrap().starts_with("JTI="),
+            "{audiences:?}: {ids:?}"
+        );
+        if !audiences.is_empty() {
+            assert_eq!(st["audiences"], json!([SA_ISSUER]));
+        }
+    }
+    // Not minted for this audience: the apiserver says no, and so does tokenhook.
+    let v = c.review(&token, &["vault"]).await.json();
+    assert_eq!(v["status"], json!({"user": {}}));
+    let v = c
+        .review("not-a-token-the-apiserver-knows", &[])
+        .await
+        .json();
+    assert_eq!(v["status"], json!({"user": {}}));
+
+    // The account deleted: once tokenhook's "yes" (1 s) and the apiserver's own token cache
+    // (10 s by default) have expired, the apiserver refuses the token, and so does tokenhook.
+    kubectl_admin(
+        &api,
+        &["delete", "serviceaccount", "robot", "-n", "default"],
+    )
+    .await;
+    let mut last = json!(null);
+    for _ in 0..240 {
+        let r = c.review(&token, &[]).await;
+        assert_eq!(r.status, 201, "{}", r.text());
+        last = r.json()["status"].clone();
+        if last["authenticated"] != true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        last,
+        json!({"user": {}}),
+        "still accepted a minute after the deletion"
+    );
+    let v = c.review(&token, &[SA_ISSUER]).await.json();
+    assert_eq!(v["status"], json!({"user": {}}));
+    assert!(
+        down.metric(
+            "tokenhook_rejections_total",
+            "verifier=\"tokenreview\",reason=\"upstream_rejected\""
+        )
+        .await
+            >= 3.0
+    );
+    drop(down);
+    drop(api);
+}
