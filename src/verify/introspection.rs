@@ -694,6 +694,7 @@ impl Introspection {
             // against the configured audiences above).
             audiences: None,
             expires_at: exp.map(UnixTime),
+            bound: Vec::new(),
         })
     }
 }

@@ -628,6 +628,7 @@ impl TokenReview {
             user,
             audiences,
             expires_at: None,
+            bound: Vec::new(),
         })
     }
 }
