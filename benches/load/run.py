@@ -451,7 +451,9 @@ def upstream_miss(st, a, tools, wanted, gen_versions):
     the same TokenReview body on the same path. Both servers run on core 0, as every server
     here does (the generator has core 1 to itself): the front's added latency then includes
     the switches between the two processes a miss makes, and at 16 connections the two share
-    one core's throughput, so the front's CPU per request is reported separately."""
+    one core's throughput, so the front's CPU per request is reported separately. The front
+    reaches the upstream over HTTP/2 (its outbound client offers h2 first), the generators
+    over HTTP/1.1: the upstream's CPU per request behind the front shows what that costs it."""
     path, body = "/authenticate", review(st.alice)
     rows = []
     for gen in wanted:
