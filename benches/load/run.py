@@ -6,6 +6,7 @@ Usage (from the repository root):
     python3 benches/load/run.py [--seconds 8] [--out benches/load/results.json]
                                 [--only LETTER] [--connections N] [--protocol http/1.1|h2]
                                 [--generators oha,wrk,h2load] [--log-level FILTER]
+                                [--profile release|debug]
 
 It installs its load generators itself: oha from crates.io (cargo install), wrk and h2load
 from Debian (apt-get install wrk nghttp2-client). It builds tokenhook and the floor server
@@ -15,12 +16,18 @@ and h2load) runs the floor server, then tokenhook, with the same settings. Each 
 CPU time (user + system, from /proc/PID/stat) over the generator's run, divided by the
 requests answered, gives the CPU per request. tokenhook runs with its default logging.
 Results: Markdown tables on stdout and JSON in --out, with the CPU model and cache sizes.
-The filters (--only, --connections, --protocol, --generators) are for smoke runs.
+The filters (--only, --connections, --protocol, --generators) are for smoke runs, and so is
+--profile debug (debug binaries: figures meaningless, checks that everything runs).
+
+Scenario f measures a cache miss that goes to an upstream verifier: a second tokenhook (one
+static verifier, no cache) as the upstream, called directly, then through a front tokenhook
+(no cache, one `tokenreview` verifier pointing at the upstream), both on core 0, with the
+same TokenReview body, at 1 connection (latency) and 16. The front's p50 minus the
+upstream's is what tokenhook adds per miss (issue 14's target: at most 50 µs).
 """
 import argparse, base64, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TARGET = os.path.join(ROOT, "target", "release")
 
 
 def sh(*args, **kw):
@@ -189,6 +196,27 @@ def probe(port, path, body, headers, timeout=10):
     return r.status, r.read().decode()
 
 
+def measure(label, srv, port, path, body, headers, run, behind=None):
+    """One generator run (`run()`) against `srv`, listening on `port`, after a probe: the
+    scenario must be answering what it claims to measure. Adds `srv`'s CPU time per request,
+    and with `behind` (a server `srv` calls) that one's as `behind_cpu_us_per_request`."""
+    code, text = probe(port, path, body, headers)
+    if code not in (200, 201) or ("TokenReview" in text and '"authenticated":true' not in text):
+        sys.exit(f"{label} answered {code} {text[:300]}: misconfigured, not measured")
+    procs = [srv] + ([behind] if behind else [])
+    cpu0 = [cpu_seconds(s.proc.pid) for s in procs]
+    r = run()
+    cpu = [cpu_seconds(s.proc.pid) - c for s, c in zip(procs, cpu0)]
+    bad = {c: n for c, n in r["status"].items() if not (c.startswith("2") and n)}
+    if bad:
+        sys.exit(f"{label} answered {bad}: the scenario is misconfigured, not measured")
+    n = max(r["requests"], 1)
+    r["cpu_us_per_request"] = cpu[0] * 1e6 / n
+    if behind:
+        r["behind_cpu_us_per_request"] = cpu[1] * 1e6 / n
+    return r
+
+
 def run_oha(oha, url, body, seconds, conns, http2, keepalive, headers, work):
     argv = ["taskset", "-c", "1", oha, "-z", f"{seconds}s", "-c", str(conns), "--no-tui", "--insecure",
             "--output-format", "json", "-m", "POST", "-T", "application/json", "-d", body]
@@ -318,12 +346,15 @@ GENERATORS = {
 
 
 class Setup:
-    """Release binaries, a dev directory made by `tokenhook dev`, JWT material, and config writing."""
+    """Release binaries (debug ones with `profile="debug"`, for smoke runs), a dev directory made
+    by `tokenhook dev`, JWT material, and config writing."""
 
-    def __init__(self):
+    def __init__(self, profile="release", floor=True):
         ensure_cryptography()
-        sh("cargo", "build", "--release", "--quiet", "--bin", "tokenhook", "--example", "floor", cwd=ROOT)
-        self.tokenhook, self.floor = os.path.join(TARGET, "tokenhook"), os.path.join(TARGET, "examples", "floor")
+        build = ["cargo", "build", "--quiet", "--bin", "tokenhook"] + (["--example", "floor"] if floor else [])
+        sh(*build, *(["--release"] if profile == "release" else []), cwd=ROOT)
+        target = os.path.join(ROOT, "target", profile)
+        self.tokenhook, self.floor = os.path.join(target, "tokenhook"), os.path.join(target, "examples", "floor")
         self.work = tempfile.mkdtemp(prefix="tokenhook-load-")
         dev = self.dev = os.path.join(self.work, "dev")
         # Certificates, demo tokens and a signing key, made by tokenhook dev itself.
@@ -363,7 +394,9 @@ class Setup:
             json.dump(json.loads(text)["status"], f)
         return path
 
-    def config(self, name, cache=True, jwt=False, mint=False, log_level=None):
+    def config(self, name, cache=True, jwt=False, mint=False, log_level=None, upstream=None):
+        """A configuration `name`.toml in the dev directory and the port it listens on. With
+        `upstream` (a webhook kubeconfig) the chain is that one `tokenreview` verifier."""
         port = free_port()
         lines = [
             "[server]", f'listen = "127.0.0.1:{port}"', 'cert_file = "server.crt"', 'key_file = "server.key"',
@@ -376,7 +409,10 @@ class Setup:
             lines += ["[mint]", f'issuer = "https://127.0.0.1:{port}"', 'signing_key_file = "sa-signing.key"',
                       "[[mint.service_accounts]]", 'namespace = "default"', 'name = "default"',
                       "[[mint.policy]]", 'users = ["alice"]', 'namespaces = ["*"]', 'service_accounts = ["*"]', 'audiences = ["*"]']
-        lines += ["[[verifiers]]", 'type = "static"', 'file = "tokens.csv"']
+        if upstream:
+            lines += ["[[verifiers]]", 'type = "tokenreview"', 'name = "upstream"', f'kubeconfig = "{upstream}"', 'version = "v1"']
+        else:
+            lines += ["[[verifiers]]", 'type = "static"', 'file = "tokens.csv"']
         if jwt:
             lines += ["[[verifiers]]", 'type = "jwt"', 'jwks_file = "bench-jwks.json"', "[verifiers.issuer]",
                       f'url = "{self.issuer}"', 'audiences = ["bench"]', "[verifiers.claimMappings.username]", 'claim = "sub"', 'prefix = ""']
@@ -385,20 +421,85 @@ class Setup:
             f.write("\n".join(lines) + "\n")
         return path, port
 
+    def webhook_kubeconfig(self, name, url):
+        """kube's webhook kubeconfig for `url`, trusting the dev CA (the upstream's serving
+        certificate is the dev one); no client credential: the upstream has no `[callers]`,
+        so that the generators can call it directly too."""
+        path = os.path.join(self.dev, f"{name}.kubeconfig")
+        with open(path, "w") as f:
+            f.write("\n".join([
+                "apiVersion: v1", "kind: Config",
+                "clusters:", "- name: upstream", "  cluster:", f'    server: "{url}"', "    certificate-authority: ca.crt",
+                "users:", "- name: tokenhook", "  user: {}",
+                "contexts:", "- name: webhook", "  context: {cluster: upstream, user: tokenhook}",
+                "current-context: webhook",
+            ]) + "\n")
+        return path
+
 
 def review(tok):
     return json.dumps({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": tok}})
+
+
+UPSTREAM_MISS = "f: cache miss through an upstream"
+
+
+def upstream_miss(st, a, tools, wanted, gen_versions):
+    """Scenario f, per HTTP/1.1 generator and at 1 and 16 connections: the upstream (a
+    tokenhook with one static verifier, no cache) answered directly, then through the front
+    (a tokenhook with no cache and one `tokenreview` verifier pointing at the upstream), with
+    the same TokenReview body on the same path. Both servers run on core 0, as every server
+    here does (the generator has core 1 to itself): the front's added latency then includes
+    the switches between the two processes a miss makes, and at 16 connections the two share
+    one core's throughput, so the front's CPU per request is reported separately. The front
+    reaches the upstream over HTTP/2 (its outbound client offers h2 first), the generators
+    over HTTP/1.1: the upstream's CPU per request behind the front shows what that costs it."""
+    path, body = "/authenticate", review(st.alice)
+    rows = []
+    for gen in wanted:
+        runner, h1_ok, _ = GENERATORS[gen]
+        if not h1_ok:
+            continue
+        for conns in (1, 16):
+            if a.connections is not None and conns != a.connections:
+                continue
+            row = {"scenario": UPSTREAM_MISS, "connections": conns, "protocol": "http/1.1", "keepalive": True,
+                   "generator": gen, "generator_version": gen_versions[gen]}
+            load = lambda port: lambda: runner(tools[gen], f"https://127.0.0.1:{port}{path}", body, a.seconds, conns, False, True, [], st.work)
+            up_cfg, up_port = st.config("f-upstream", cache=False, log_level=a.log_level)
+            up, front, rss = Server([st.tokenhook, "serve", "--config", up_cfg], up_port), None, 0
+            try:
+                row["upstream"] = measure(f"{UPSTREAM_MISS} ({gen}): upstream", up, up_port, path, body, [], load(up_port))
+                kubeconfig = st.webhook_kubeconfig("f-upstream", f"https://127.0.0.1:{up_port}{path}")
+                front_cfg, front_port = st.config("f-front", cache=False, log_level=a.log_level, upstream=kubeconfig)
+                front = Server([st.tokenhook, "serve", "--config", front_cfg], front_port)
+                row["front"] = measure(f"{UPSTREAM_MISS} ({gen}): front", front, front_port, path, body, [], load(front_port), behind=up)
+            finally:
+                if front:
+                    rss = front.stop()
+                up.stop()
+            row["front"].update(peak_rss_mib=round(rss / 1024, 1), ready_ms=round(front.ready_ms, 1))
+            u, f = row["upstream"], row["front"]
+            row["added_p50_us"] = (f["p50_ms"] - u["p50_ms"]) * 1000
+            row["added_p99_us"] = (f["p99_ms"] - u["p99_ms"]) * 1000
+            rows.append(row)
+            print(f"{UPSTREAM_MISS} c={conns} [{gen}]: upstream p50 {u['p50_ms'] * 1000:.0f} µs {u['rps']:.0f}/s, "
+                  f"through the front p50 {f['p50_ms'] * 1000:.0f} µs {f['rps']:.0f}/s: added {row['added_p50_us']:.0f} µs "
+                  f"(target ≤ 50 at 1 connection), front CPU/request {f['cpu_us_per_request']:.1f} µs", file=sys.stderr)
+    return rows
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "load", "results.json"))
-    ap.add_argument("--only", help="run only the scenarios whose letter is this (a, b, c, d, e)")
+    ap.add_argument("--only", help="run only the scenarios whose letter is this (a, b, c, d, e, f)")
     ap.add_argument("--connections", type=int, help="run only the rows with this many connections")
     ap.add_argument("--protocol", choices=["http/1.1", "h2"], help="run only the rows of this protocol")
     ap.add_argument("--log-level", help="tokenhook's log.level (default: its default, info)")
     ap.add_argument("--generators", default="oha,wrk,h2load", help="comma-separated subset of oha, wrk, h2load")
+    ap.add_argument("--profile", choices=["release", "debug"], default="release",
+                    help="binaries to build and run; debug only for smoke runs (its figures mean nothing)")
     a = ap.parse_args()
     wanted = [g for g in a.generators.split(",") if g]
     if not wanted or any(g not in GENERATORS for g in wanted):
@@ -416,7 +517,7 @@ def main():
         "h2load": lambda p: version_of([p, "--version"]),
     }
     gen_versions = {g: versions[g](p) for g, p in tools.items()}
-    st = Setup()
+    st = Setup(a.profile, floor=a.only != "f")
     tokenhook, config = st.tokenhook, st.config
     alice, jwts, work = st.alice, st.jwts, st.work
 
@@ -459,22 +560,13 @@ def main():
                     cfg_path, port = config(f"bench{i}", log_level=a.log_level, **cfg)
                     srv = Server([tokenhook, "serve", "--config", cfg_path], port)
                 try:
-                    code, text = probe(port, path, body, headers)
-                    if code not in (200, 201) or ("TokenReview" in text and '"authenticated":true' not in text):
-                        sys.exit(f"{name}: {who} answered {code} {text[:300]}: misconfigured, not measured")
-                    cpu0 = cpu_seconds(srv.proc.pid)
-                    r = runner(tools[gen], f"https://127.0.0.1:{port}{path}", body, a.seconds, conns, h2, keepalive, headers, work)
-                    cpu = cpu_seconds(srv.proc.pid) - cpu0
+                    r = measure(f"{name} ({gen}): {who}", srv, port, path, body, headers,
+                                lambda: runner(tools[gen], f"https://127.0.0.1:{port}{path}", body, a.seconds, conns, h2, keepalive, headers, work))
                 finally:
                     r_rss = srv.stop()
-                r["cpu_us_per_request"] = cpu * 1e6 / max(r["requests"], 1)
                 r["peak_rss_mib"] = round(r_rss / 1024, 1)
                 r["ready_ms"] = round(srv.ready_ms, 1)
                 row[who] = r
-            for who in servers:
-                bad = {c: n for c, n in row[who]["status"].items() if not (c.startswith("2") and n)}
-                if bad:
-                    sys.exit(f"{name} ({gen}): {who} answered {bad}: the scenario is misconfigured, not measured")
             row["throughput_ratio"] = row["tokenhook"]["rps"] / row["floor"]["rps"]
             row["cpu_ratio"] = row["tokenhook"]["cpu_us_per_request"] / max(row["floor"]["cpu_us_per_request"], 1e-9)
             row["p99_ratio"] = row["tokenhook"]["p99_ms"] / max(row["floor"]["p99_ms"], 1e-9)
@@ -487,12 +579,33 @@ def main():
                   f"ratio {row['throughput_ratio']:.2f}, CPU/request {row['tokenhook']['cpu_us_per_request']:.1f} µs "
                   f"({row['cpu_ratio']:.2f}× floor){extra}", file=sys.stderr)
 
+    through = upstream_miss(st, a, tools, wanted, gen_versions) if a.only in (None, "f") and a.protocol in (None, "http/1.1") else []
+
     meta = dict(machine(), date=time.strftime("%Y-%m-%d"), seconds_per_run=a.seconds, generators=gen_versions,
-                logging=f"json, {a.log_level}" if a.log_level else "tokenhook defaults (json, info)")
+                logging=f"json, {a.log_level}" if a.log_level else "tokenhook defaults (json, info)", profile=a.profile)
     with open(a.out, "w") as f:
-        json.dump({"machine": meta, "results": results}, f, indent=2)
+        json.dump({"machine": meta, "results": results, "upstream_miss": through}, f, indent=2)
     m = meta
     print(f"Machine: {m['cpu']}, {m['cores']} cores; L1d {m['l1d']}, L1i {m['l1i']}, L2 {m['l2']}, L3 {m['l3']}")
+    if a.profile != "release":
+        print(f"{a.profile} binaries: a smoke run, these figures mean nothing")
+    if results:
+        table(results)
+    if through:
+        print()
+        print("| f: miss through an upstream | conns | generator | upstream req/s | through front req/s | upstream p50 / p99 µs "
+              "| through front p50 / p99 µs | added p50 µs (target ≤ 50 at 1 conn) | front CPU µs/req | upstream CPU µs/req (direct / behind front) |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for r in through:
+            u, f = r["upstream"], r["front"]
+            print(f"| | {r['connections']} | {r['generator']} | {u['rps']:.0f} | {f['rps']:.0f} | {u['p50_ms'] * 1000:.0f} / {u['p99_ms'] * 1000:.0f} "
+                  f"| {f['p50_ms'] * 1000:.0f} / {f['p99_ms'] * 1000:.0f} | {r['added_p50_us']:.0f} | {f['cpu_us_per_request']:.1f} "
+                  f"| {u['cpu_us_per_request']:.1f} / {f['behind_cpu_us_per_request']:.1f} |")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def table(results):
+    """The floor-against-tokenhook tables of scenarios a to e."""
     print()
     print("| scenario | conns | proto | generator | tokenhook req/s | floor req/s | ratio | CPU µs/req (floor) | CPU ratio | p50 ms | p99 ms (floor) | p999 ms | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -510,7 +623,6 @@ def main():
                 t, fv = r["tokenhook"], r["floor_verify"]
                 print(f"| {r['scenario'].rsplit(' ', 1)[1]} | {r['generator']} | {t['rps']:.0f} | {fv['rps']:.0f} | {r['bound_ratio']:.2f} "
                       f"| {r['bound_cpu_ratio']:.2f} | {t['p99_ms']:.2f} ({fv['p99_ms']:.2f}) |")
-    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":
