@@ -1,4 +1,4 @@
-//! deploy/ checked offline (no Helm, Docker or cluster): values vs schema, template `.Values` references, the hand-rendered default output, the Dockerfile.
+//! deploy/ checked offline (no Helm, Docker or cluster): values vs schema, template `.Values` references, the hand-rendered outputs (defaults, and cluster.yaml with autoscaling and the cluster registry's RBAC), the Dockerfile.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -216,24 +216,98 @@ fn leaves(v: &Json, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
     }
 }
 
-/// rendered/default.yaml: its documents, and the text of each under its `# Source:` line.
-fn rendered() -> (Vec<Json>, BTreeMap<String, String>) {
-    let text = read(&chart().join("rendered/default.yaml"));
-    let docs = documents(&text, "rendered/default.yaml");
-    let mut sources = BTreeMap::new();
-    for chunk in text.split("---\n# Source: ").skip(1) {
-        let (name, body) = chunk.split_once('\n').unwrap();
-        // Each document ends with one newline before the next `---`.
-        sources.insert(name.to_string(), body.trim_end_matches('\n').to_string());
+/// The hand-rendered outputs in rendered/: each file, the values file it was rendered with
+/// (`helm template tokenhook deploy/helm/tokenhook -n tokenhook [-f rendered/VALUES]`), and
+/// the kinds it holds beyond the defaults' seven.
+const RENDERED: &[(&str, Option<&str>, &[&str])] = &[
+    ("default.yaml", None, &[]),
+    (
+        "cluster.yaml",
+        Some("cluster-values.yaml"),
+        &[
+            "HorizontalPodAutoscaler",
+            "ClusterRole",
+            "ClusterRoleBinding",
+        ],
+    ),
+];
+
+/// One output of rendered/.
+struct Rendered {
+    /// `rendered/<file>`.
+    name: String,
+    /// values.yaml with the `-f` file coalesced onto it, as Helm does.
+    values: Json,
+    /// Kinds beyond the defaults'.
+    extra_kinds: &'static [&'static str],
+    docs: Vec<Json>,
+    /// Each document's `# Source:` template and its text under that line, in order.
+    sources: Vec<(String, String)>,
+}
+
+impl Rendered {
+    /// The text of the one document `template` rendered.
+    fn source(&self, template: &str) -> &str {
+        let mut of = self.sources.iter().filter(|(t, _)| t == template);
+        let (_, text) = of
+            .next()
+            .unwrap_or_else(|| panic!("{}: no {template}", self.name));
+        assert!(of.next().is_none(), "{}: {template} twice", self.name);
+        text
     }
-    (docs, sources)
+}
+
+fn rendered_file(
+    file: &str,
+    values_file: Option<&str>,
+    extra_kinds: &'static [&'static str],
+) -> Rendered {
+    let name = format!("rendered/{file}");
+    let text = read(&chart().join(&name));
+    let docs = documents(&text, &name);
+    let mut sources = Vec::new();
+    for chunk in text.split("---\n# Source: ").skip(1) {
+        let (template, body) = chunk.split_once('\n').unwrap();
+        // Each document ends with one newline before the next `---`.
+        sources.push((
+            template.to_string(),
+            body.trim_end_matches('\n').to_string(),
+        ));
+    }
+    let mut values = values();
+    if let Some(f) = values_file {
+        let over: Json = serde_yaml_ng::from_str(&read(&chart().join("rendered").join(f)))
+            .unwrap_or_else(|e| panic!("rendered/{f}: {e}"));
+        coalesce(&mut values, &over);
+    }
+    Rendered {
+        name,
+        values,
+        extra_kinds,
+        docs,
+        sources,
+    }
+}
+
+/// rendered/default.yaml.
+fn rendered() -> Rendered {
+    let (file, values_file, extra) = RENDERED[0];
+    rendered_file(file, values_file, extra)
+}
+
+/// Every output of rendered/.
+fn all_rendered() -> Vec<Rendered> {
+    RENDERED
+        .iter()
+        .map(|(file, values_file, extra)| rendered_file(file, *values_file, extra))
+        .collect()
 }
 
 fn find<'a>(docs: &'a [Json], kind: &str) -> &'a Json {
     let mut of_kind = docs.iter().filter(|d| d["kind"] == kind);
     let doc = of_kind
         .next()
-        .unwrap_or_else(|| panic!("rendered/default.yaml: no {kind}"));
+        .unwrap_or_else(|| panic!("no {kind} among the rendered objects"));
     assert!(of_kind.next().is_none(), "more than one {kind}");
     doc
 }
@@ -296,6 +370,8 @@ fn deploy_yaml_files_parse_and_templates_are_well_formed() {
         "deploy/helm/tokenhook/values.yaml",
         "deploy/helm/tokenhook/values.schema.json",
         "deploy/helm/tokenhook/rendered/default.yaml",
+        "deploy/helm/tokenhook/rendered/cluster.yaml",
+        "deploy/helm/tokenhook/rendered/cluster-values.yaml",
         "deploy/apiserver/webhook-kubeconfig.yaml",
         "deploy/apiserver/authentication-config.yaml",
     ] {
@@ -327,6 +403,26 @@ fn deploy_yaml_files_parse_and_templates_are_well_formed() {
         assert!(names.contains(t), "templates/{t} missing");
     }
     assert_eq!(templates, names.len());
+    // rendered/ holds the outputs these tests check and their values files, nothing else
+    // (e2e.rs applies every output, and only those).
+    let in_rendered: BTreeSet<String> = files(&chart().join("rendered"))
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    let listed: BTreeSet<String> = RENDERED
+        .iter()
+        .flat_map(|(file, values_file, _)| std::iter::once(*file).chain(*values_file))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(in_rendered, listed, "rendered/ and RENDERED");
+    for (_, values_file, _) in RENDERED {
+        if let Some(f) = values_file {
+            assert!(
+                f.ends_with("-values.yaml"),
+                "{f}: e2e.rs skips only *-values.yaml"
+            );
+        }
+    }
 
     let chart_yaml: Json = serde_yaml_ng::from_str(&read(&chart().join("Chart.yaml"))).unwrap();
     assert_eq!(chart_yaml["apiVersion"], "v2");
@@ -376,6 +472,14 @@ fn deploy_values_match_the_schema_and_bad_values_do_not() {
         let v = with(file);
         let errors: Vec<String> = validator.iter_errors(&v).map(|e| e.to_string()).collect();
         assert!(errors.is_empty(), "{file}: {errors:#?}");
+    }
+    // The values files the outputs of rendered/ were rendered with.
+    for r in all_rendered() {
+        let errors: Vec<String> = validator
+            .iter_errors(&r.values)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{}'s values: {errors:#?}", r.name);
     }
     for (file, at) in [
         ("replicaCount: 1", "/replicaCount"),
@@ -524,69 +628,136 @@ fn deploy_template_values_references_exist_and_every_value_is_used() {
 
 #[test]
 fn deploy_rendered_defaults_are_the_expected_objects() {
-    let (docs, sources) = rendered();
-    let kinds: BTreeSet<&str> = docs.iter().map(|d| str_at(d, "/kind")).collect();
-    // RBAC renders only with config.mint.registry.source = kubernetes (not the default):
-    // see deploy_rbac_grants_list_and_watch_of_exactly_the_registry_kinds.
-    let expected: BTreeSet<&str> = [
-        "Deployment",
-        "Service",
-        "ServiceAccount",
-        "ConfigMap",
-        "Secret",
-        "PodDisruptionBudget",
-        "NetworkPolicy",
-    ]
-    .into();
-    assert_eq!(kinds, expected);
-    assert_eq!(docs.len(), expected.len());
-    assert_eq!(sources.len(), docs.len(), "one `# Source:` per document");
-    for source in sources.keys() {
-        let file = source
-            .strip_prefix("tokenhook/templates/")
-            .unwrap_or_else(|| panic!("# Source: {source}"));
-        assert!(chart().join("templates").join(file).is_file(), "{source}");
-    }
-    for d in &docs {
-        let what = format!("{} {}", d["kind"], d["metadata"]["name"]);
-        let api = str_at(d, "/apiVersion");
-        assert!(
-            !api.is_empty() && !api.contains(' '),
-            "{what}: apiVersion {api}"
+    for r in all_rendered() {
+        let name = &r.name;
+        let docs = &r.docs;
+        let kinds: BTreeSet<&str> = docs.iter().map(|d| str_at(d, "/kind")).collect();
+        // RBAC renders only with config.mint.registry.source = kubernetes (cluster.yaml):
+        // see deploy_rbac_grants_list_and_watch_of_exactly_the_registry_kinds.
+        let mut expected: BTreeSet<&str> = [
+            "Deployment",
+            "Service",
+            "ServiceAccount",
+            "ConfigMap",
+            "Secret",
+            "PodDisruptionBudget",
+            "NetworkPolicy",
+        ]
+        .into();
+        expected.extend(r.extra_kinds);
+        assert_eq!(kinds, expected, "{name}");
+        assert_eq!(docs.len(), expected.len(), "{name}");
+        assert_eq!(
+            r.sources.len(),
+            docs.len(),
+            "{name}: one `# Source:` per document"
         );
-        assert!(!str_at(d, "/metadata/name").is_empty(), "{what}");
-        assert_eq!(str_at(d, "/metadata/namespace"), "tokenhook", "{what}");
-        let labels = &d["metadata"]["labels"];
-        assert_eq!(labels["app.kubernetes.io/name"], "tokenhook", "{what}");
-        assert_eq!(labels["app.kubernetes.io/instance"], "tokenhook", "{what}");
-        assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm", "{what}");
-        assert_eq!(labels["helm.sh/chart"], "tokenhook-0.1.0", "{what}");
+        for (source, _) in &r.sources {
+            let file = source
+                .strip_prefix("tokenhook/templates/")
+                .unwrap_or_else(|| panic!("{name}: # Source: {source}"));
+            assert!(
+                chart().join("templates").join(file).is_file(),
+                "{name}: {source}"
+            );
+        }
+        for d in docs {
+            let what = format!("{name}: {} {}", d["kind"], d["metadata"]["name"]);
+            let api = str_at(d, "/apiVersion");
+            assert!(
+                !api.is_empty() && !api.contains(' '),
+                "{what}: apiVersion {api}"
+            );
+            assert!(!str_at(d, "/metadata/name").is_empty(), "{what}");
+            if ["ClusterRole", "ClusterRoleBinding"].contains(&str_at(d, "/kind")) {
+                assert!(
+                    d["metadata"].get("namespace").is_none(),
+                    "{what}: cluster-scoped"
+                );
+            } else {
+                assert_eq!(str_at(d, "/metadata/namespace"), "tokenhook", "{what}");
+            }
+            let labels = &d["metadata"]["labels"];
+            assert_eq!(labels["app.kubernetes.io/name"], "tokenhook", "{what}");
+            assert_eq!(labels["app.kubernetes.io/instance"], "tokenhook", "{what}");
+            assert_eq!(labels["app.kubernetes.io/version"], "0.1.0", "{what}");
+            assert_eq!(labels["app.kubernetes.io/managed-by"], "Helm", "{what}");
+            assert_eq!(labels["helm.sh/chart"], "tokenhook-0.1.0", "{what}");
+        }
+        for (kind, api) in [
+            ("Deployment", "apps/v1"),
+            ("Service", "v1"),
+            ("ServiceAccount", "v1"),
+            ("ConfigMap", "v1"),
+            ("Secret", "v1"),
+            ("PodDisruptionBudget", "policy/v1"),
+            ("NetworkPolicy", "networking.k8s.io/v1"),
+            ("HorizontalPodAutoscaler", "autoscaling/v2"),
+            ("ClusterRole", "rbac.authorization.k8s.io/v1"),
+            ("ClusterRoleBinding", "rbac.authorization.k8s.io/v1"),
+        ] {
+            if kinds.contains(kind) {
+                assert_eq!(find(docs, kind)["apiVersion"], api, "{name}: {kind}");
+            }
+        }
     }
-    for (kind, api) in [
-        ("Deployment", "apps/v1"),
-        ("Service", "v1"),
-        ("ServiceAccount", "v1"),
-        ("ConfigMap", "v1"),
-        ("Secret", "v1"),
-        ("PodDisruptionBudget", "policy/v1"),
-        ("NetworkPolicy", "networking.k8s.io/v1"),
-    ] {
-        assert_eq!(find(&docs, kind)["apiVersion"], api, "{kind}");
+}
+
+/// The least number of pods the output runs: `replicas`, or the autoscaler's minimum.
+fn min_pods(docs: &[Json]) -> u64 {
+    let d = find(docs, "Deployment");
+    match docs.iter().find(|o| o["kind"] == "HorizontalPodAutoscaler") {
+        Some(hpa) => {
+            // The autoscaler owns the replica count: the Deployment must not set it, or every
+            // `helm upgrade` would reset what the autoscaler chose.
+            assert!(
+                d["spec"].get("replicas").is_none(),
+                "replicas beside an HPA"
+            );
+            assert_eq!(
+                hpa["spec"]["scaleTargetRef"],
+                json!({"apiVersion": d["apiVersion"], "kind": "Deployment", "name": d["metadata"]["name"]})
+            );
+            let min = hpa["spec"]["minReplicas"].as_u64().unwrap();
+            assert!(hpa["spec"]["maxReplicas"].as_u64().unwrap() >= min);
+            let cpu = &hpa["spec"]["metrics"][0]["resource"];
+            assert_eq!(cpu["name"], "cpu");
+            assert_eq!(cpu["target"]["type"], "Utilization");
+            // Utilization is relative to requests: the container must request CPU.
+            assert!(container(d)["resources"]["requests"].get("cpu").is_some());
+            min
+        }
+        None => d["spec"]["replicas"].as_u64().unwrap(),
     }
 }
 
 #[test]
 fn deploy_rendered_deployment_is_replicated_hardened_and_probed() {
-    let (docs, _) = rendered();
-    let d = find(&docs, "Deployment");
-    assert!(d["spec"]["replicas"].as_u64().unwrap() >= 2, "replicas");
+    for r in all_rendered() {
+        deployment_is_replicated_hardened_and_probed(&r);
+    }
+}
+
+fn deployment_is_replicated_hardened_and_probed(r: &Rendered) {
+    let docs = &r.docs;
+    let d = find(docs, "Deployment");
+    assert!(min_pods(docs) >= 2, "{}: replicas", r.name);
     assert_eq!(d["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"], 0);
     let pod = &d["spec"]["template"]["spec"];
-    // The default (static) registry never calls the API: no token in the pods.
-    assert_eq!(pod["automountServiceAccountToken"], false);
+    // The static registry never calls the API: no token in the pods. The kubernetes one
+    // without a kubeconfig reads the cluster with the pods' own ServiceAccount.
+    let in_cluster = r.values.pointer("/config/mint/registry/source") == Some(&json!("kubernetes"))
+        && r.values
+            .pointer("/config/mint/registry/kubeconfig")
+            .is_none_or(Json::is_null);
+    assert_eq!(
+        pod["automountServiceAccountToken"], in_cluster,
+        "{}",
+        r.name
+    );
     assert_eq!(
         pod["serviceAccountName"],
-        find(&docs, "ServiceAccount")["metadata"]["name"]
+        find(docs, "ServiceAccount")["metadata"]["name"]
     );
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(pod["securityContext"]["runAsUser"], 65532);
@@ -649,12 +820,17 @@ fn deploy_rendered_deployment_is_replicated_hardened_and_probed() {
 
 #[test]
 fn deploy_rendered_selectors_ports_and_budget_agree() {
-    let (docs, _) = rendered();
-    let d = find(&docs, "Deployment");
+    for r in all_rendered() {
+        selectors_ports_and_budget_agree(&r.docs);
+    }
+}
+
+fn selectors_ports_and_budget_agree(docs: &[Json]) {
+    let d = find(docs, "Deployment");
     let pod_labels = &d["spec"]["template"]["metadata"]["labels"];
     let c = container(d);
 
-    let svc = find(&docs, "Service");
+    let svc = find(docs, "Service");
     assert_eq!(svc["spec"]["type"], "ClusterIP");
     assert!(
         selects(&svc["spec"]["selector"], pod_labels),
@@ -664,12 +840,12 @@ fn deploy_rendered_selectors_ports_and_budget_agree() {
     assert_eq!(sp["port"], 8443);
     assert_eq!(sp["targetPort"], c["ports"][0]["name"]);
 
-    let pdb = find(&docs, "PodDisruptionBudget");
+    let pdb = find(docs, "PodDisruptionBudget");
     assert!(selects(&pdb["spec"]["selector"]["matchLabels"], pod_labels));
     let min = pdb["spec"]["minAvailable"].as_u64().unwrap();
-    assert!(min >= 1 && min < d["spec"]["replicas"].as_u64().unwrap());
+    assert!(min >= 1 && min < min_pods(docs));
 
-    let np = find(&docs, "NetworkPolicy");
+    let np = find(docs, "NetworkPolicy");
     assert!(selects(
         &np["spec"]["podSelector"]["matchLabels"],
         pod_labels
@@ -682,23 +858,42 @@ fn deploy_rendered_selectors_ports_and_budget_agree() {
 
 #[test]
 fn deploy_rendered_config_is_a_valid_tokenhook_configuration_on_mounted_paths() {
-    let (docs, sources) = rendered();
-    let d = find(&docs, "Deployment");
+    for r in all_rendered() {
+        config_is_a_valid_tokenhook_configuration_on_mounted_paths(&r);
+    }
+}
+
+fn config_is_a_valid_tokenhook_configuration_on_mounted_paths(r: &Rendered) {
+    let docs = &r.docs;
+    let d = find(docs, "Deployment");
     let c = container(d);
-    let cm = find(&docs, "ConfigMap");
+    let cm = find(docs, "ConfigMap");
     let toml_text = str_at(cm, "/data/tokenhook.toml");
     let file: FileConfig = toml::from_str::<FileConfig>(toml_text)
         .unwrap_or_else(|e| panic!("tokenhook.toml in the ConfigMap: {e}"));
     let config = tokenhook::config::validate::validate(&file, Path::new("/etc/tokenhook/config"))
         .unwrap_or_else(|e| panic!("tokenhook.toml in the ConfigMap: {e:#?}"));
 
-    // The ConfigMap is values.yaml's `config`, key for key.
-    let from_values: FileConfig = serde_json::from_value(values()["config"].clone())
-        .unwrap_or_else(|e| panic!("values.yaml config: {e}"));
+    // The ConfigMap is the values' `config`, key for key.
+    let from_values: FileConfig = serde_json::from_value(r.values["config"].clone())
+        .unwrap_or_else(|e| panic!("{}: values' config: {e}", r.name));
     assert_eq!(
         file, from_values,
-        "rendered tokenhook.toml differs from values.config"
+        "{}: rendered tokenhook.toml differs from values.config",
+        r.name
     );
+    // cluster.yaml mints with the registry backed by the cluster, reached in-cluster.
+    if r.values.pointer("/config/mint/registry/source") == Some(&json!("kubernetes")) {
+        let mint = config.mint.as_ref().expect("minting on");
+        assert_eq!(mint.cluster, Some(None), "{}: in-cluster registry", r.name);
+        assert!(
+            file.verifiers
+                .iter()
+                .any(|v| matches!(v, VerifierConfig::ServiceAccount {})),
+            "{}: minted tokens are verified",
+            r.name
+        );
+    }
 
     assert_eq!(
         config.listen.port(),
@@ -755,6 +950,10 @@ fn deploy_rendered_config_is_a_valid_tokenhook_configuration_on_mounted_paths() 
         {
             // An object of the chart: the key must be in it.
             Some(o) => o["data"].get(&*name).is_some(),
+            // mint.existingSecret: the operator's Secret with the keys config.mint names.
+            None if object.is_some() && object == r.values["mint"]["existingSecret"].as_str() => {
+                true
+            }
             // A kubernetes.io/tls Secret the operator or cert-manager provides.
             None => ["tls.crt", "tls.key", "ca.crt"].contains(&&*name),
         }
@@ -792,7 +991,7 @@ fn deploy_rendered_config_is_a_valid_tokenhook_configuration_on_mounted_paths() 
     }
 
     // The static tokens Secret holds a tokens.csv tokenhook accepts.
-    let secret = find(&docs, "Secret");
+    let secret = find(docs, "Secret");
     let csv = base64::engine::general_purpose::STANDARD
         .decode(str_at(secret, "/data/tokens.csv"))
         .unwrap();
@@ -800,7 +999,7 @@ fn deploy_rendered_config_is_a_valid_tokenhook_configuration_on_mounted_paths() 
 
     // checksum/config is the SHA-256 of configmap.yaml's output (the document and the
     // template's final newline), as `include … | sha256sum` computes it.
-    let text = format!("{}\n", sources["tokenhook/templates/configmap.yaml"]);
+    let text = format!("{}\n", r.source("tokenhook/templates/configmap.yaml"));
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, text.as_bytes());
     assert_eq!(
         str_at(d, "/spec/template/metadata/annotations/checksum~1config"),
@@ -909,8 +1108,8 @@ fn deploy_dockerfile_builds_then_runs_tokenhook_as_nonroot() {
     assert_eq!(copied, entrypoint[0], "ENTRYPOINT is the copied binary");
     // CMD is what the chart passes as args.
     let cmd: Json = serde_json::from_str(last("CMD")).unwrap();
-    let (docs, _) = rendered();
-    assert_eq!(cmd, container(find(&docs, "Deployment"))["args"]);
+    let r = rendered();
+    assert_eq!(cmd, container(find(&r.docs, "Deployment"))["args"]);
 
     let ignore = read(&repo().join(".dockerignore"));
     for excluded in ["target/", "certs/dev/"] {
@@ -984,4 +1183,36 @@ fn deploy_rbac_grants_list_and_watch_of_exactly_the_registry_kinds() {
         serde_json::to_value(&f).unwrap()["mint"]["registry"]["source"],
         "kubernetes"
     );
+
+    // rendered/cluster.yaml (the kubernetes registry, in-cluster): the same rules, bound to
+    // the ServiceAccount the pods run as, which mount its token; e2e.rs has the API server
+    // accept them and answer `kubectl auth can-i` for that account accordingly.
+    let r = all_rendered()
+        .into_iter()
+        .find(|r| r.name == "rendered/cluster.yaml")
+        .unwrap();
+    let role = find(&r.docs, "ClusterRole");
+    assert_eq!(role["rules"], docs[0]["rules"]);
+    let binding = find(&r.docs, "ClusterRoleBinding");
+    assert_eq!(
+        binding["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]})
+    );
+    let account = find(&r.docs, "ServiceAccount");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": account["metadata"]["namespace"]}])
+    );
+    let pod = &find(&r.docs, "Deployment")["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], account["metadata"]["name"]);
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    for d in all_rendered() {
+        let has_rbac = d.docs.iter().any(|o| o["kind"] == "ClusterRole");
+        assert_eq!(
+            has_rbac,
+            d.name == r.name,
+            "{}: RBAC only with the kubernetes registry",
+            d.name
+        );
+    }
 }

@@ -455,13 +455,15 @@ async fn e2e_outage_retries_and_cache_ttl_as_kube_documents() {
 /// Kinds whose definitions (CRDs) the test apiserver does not have: deploy.rs checks them.
 const CUSTOM: &[&str] = &["ServiceMonitor", "Certificate", "PrometheusRule"];
 
-/// The chart's rendered objects: every `rendered/*.yaml`, as JSON documents.
+/// The chart's rendered objects: every `rendered/*.yaml` but the values files
+/// (`*-values.yaml`) they were rendered with, as JSON documents.
 fn rendered_objects() -> Vec<(String, Value)> {
     let dir = repo().join("deploy/helm/tokenhook/rendered");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .filter(|p| !p.to_string_lossy().ends_with("-values.yaml"))
         .collect();
     files.sort();
     let mut out = Vec::new();
@@ -593,34 +595,65 @@ async fn e2e_chart_objects_are_accepted_by_the_apiserver() {
     for k in [
         "Deployment",
         "Service",
+        "ServiceAccount",
         "ConfigMap",
         "Secret",
         "PodDisruptionBudget",
         "NetworkPolicy",
+        "HorizontalPodAutoscaler",
+        "ClusterRole",
+        "ClusterRoleBinding",
     ] {
         assert!(
             kinds.contains(k),
             "no {k} among the rendered objects: {kinds:?}"
         );
     }
+    let files: std::collections::BTreeSet<&str> = core.iter().map(|(f, _)| f.as_str()).collect();
+    assert!(
+        files.contains("default.yaml") && files.contains("cluster.yaml"),
+        "{files:?}"
+    );
 
+    // Each output is a release of its own (they share names): installed, checked, removed.
+    for file in files {
+        let objects: Vec<&Value> = core
+            .iter()
+            .filter(|(f, _)| f == file)
+            .map(|(_, o)| o)
+            .collect();
+        apply_and_read_back(api, file, &objects);
+        if objects.iter().any(|o| o["kind"] == "ClusterRoleBinding") {
+            registry_rbac_is_in_force(api, &objects);
+        }
+        let all: String = objects.iter().map(|o| format!("---\n{o}\n")).collect();
+        k8s::ok(
+            &api.kubectl_stdin(&["delete", "--wait=true", "-f", "-"], &all),
+            &format!("{file}: kubectl delete"),
+        );
+    }
+}
+
+/// `objects` (one rendered file) pass `kubectl apply --dry-run=server` and strict field
+/// validation, then are applied for real and read back as sent.
+fn apply_and_read_back(api: &ApiServer, file: &str, objects: &[&Value]) {
     // kubectl's client-side validation needs OpenAPI documents this apiserver build serves
     // in a form kubectl cannot read, so it is off here; the server validates strictly below.
-    let all: String = core.iter().map(|(_, o)| format!("---\n{o}\n")).collect();
+    let all: String = objects.iter().map(|o| format!("---\n{o}\n")).collect();
     let dry = api.kubectl_stdin(
         &["apply", "--dry-run=server", "--validate=false", "-f", "-"],
         &all,
     );
-    let dry = k8s::ok(&dry, "kubectl apply --dry-run=server");
+    let dry = k8s::ok(&dry, &format!("{file}: kubectl apply --dry-run=server"));
     assert_eq!(
         dry.lines()
             .filter(|l| l.ends_with("(server dry run)"))
             .count(),
-        core.len(),
-        "{dry}"
+        objects.len(),
+        "{file}: {dry}"
     );
     // Unknown or duplicate fields are errors (fieldValidation=Strict), nothing stored.
-    for (file, o) in &core {
+    for o in objects {
         let (path, _) = collection(api, o);
         let f = api.dir.join("object.json");
         std::fs::write(&f, o.to_string()).unwrap();
@@ -643,9 +676,9 @@ async fn e2e_chart_objects_are_accepted_by_the_apiserver() {
     // For real, then read back: every field sent is stored as sent.
     k8s::ok(
         &api.kubectl_stdin(&["apply", "--validate=false", "-f", "-"], &all),
-        "kubectl apply",
+        &format!("{file}: kubectl apply"),
     );
-    for (file, o) in &core {
+    for o in objects {
         let (_, resource) = collection(api, o);
         let name = o["metadata"]["name"].as_str().unwrap();
         let mut args = vec!["get", resource.as_str(), name, "-o", "json"];
@@ -653,7 +686,7 @@ async fn e2e_chart_objects_are_accepted_by_the_apiserver() {
             args.extend(["-n", ns]);
         }
         let got: Value = serde_json::from_str(&k8s::ok(&api.kubectl(&args), &resource)).unwrap();
-        let mut want = o.clone();
+        let mut want = (*o).clone();
         // The API stores stringData as base64 data.
         if let Some(sd) = want.as_object_mut().and_then(|m| m.remove("stringData")) {
             use base64::Engine;
@@ -670,6 +703,58 @@ async fn e2e_chart_objects_are_accepted_by_the_apiserver() {
             o["kind"],
             diffs.join("\n")
         );
+    }
+}
+
+/// With the chart's ClusterRoleBinding applied, the API server's RBAC lets the pods'
+/// ServiceAccount list and watch exactly the registry's kinds, cluster-wide, and nothing more.
+fn registry_rbac_is_in_force(api: &ApiServer, objects: &[&Value]) {
+    let binding = objects
+        .iter()
+        .find(|o| o["kind"] == "ClusterRoleBinding")
+        .unwrap();
+    let subject = &binding["subjects"][0];
+    let user = format!(
+        "system:serviceaccount:{}:{}",
+        subject["namespace"].as_str().unwrap(),
+        subject["name"].as_str().unwrap()
+    );
+    let can = |verb: &str, resource: &str| -> bool {
+        let out = api.kubectl(&[
+            "auth",
+            "can-i",
+            verb,
+            resource,
+            "--all-namespaces",
+            "--as",
+            &user,
+        ]);
+        // "yes", or "no" with the authorizer's reason after " - " when it gives one.
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            answer == "yes" || answer == "no" || answer.starts_with("no - "),
+            "kubectl auth can-i {verb} {resource} --as {user}: {answer} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        answer == "yes"
+    };
+    // The RBAC authorizer learns of the new binding through its informers: wait for it.
+    let mut polls = 0;
+    while !can("list", "pods") {
+        polls += 1;
+        assert!(polls < 100, "{user} never got list on pods");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    for resource in ["serviceaccounts", "pods", "secrets", "nodes"] {
+        for verb in ["list", "watch"] {
+            assert!(can(verb, resource), "{user} cannot {verb} {resource}");
+        }
+        for verb in ["get", "create", "update", "delete"] {
+            assert!(!can(verb, resource), "{user} can {verb} {resource}");
+        }
+    }
+    for resource in ["configmaps", "deployments", "events"] {
+        assert!(!can("list", resource), "{user} can list {resource}");
     }
 }
 
