@@ -124,10 +124,19 @@ async fn registry_pod_bound_tokens_follow_the_cluster() {
     let node_uid = uid(&api, &["node", "n1"]);
     let pod_uid = uid(&api, &["pod", "p1", "-n", NS]);
 
-    let s = TestServer::start(Opts {
-        extra_toml: mint_toml(&api.kubeconfig),
-        ..Opts::default()
-    })
+    // The signing key mint_toml names, written where the server's configuration will be.
+    let dir = tempfile::tempdir().unwrap();
+    let key = tokenhook::mint::keys::generate_pem(tokenhook::mint::keys::Alg::RS256).unwrap();
+    crate::support::key_secrets(std::str::from_utf8(&key).unwrap());
+    std::fs::write(dir.path().join("sa.key"), &key).unwrap();
+    let s = TestServer::start_with(
+        dir,
+        crate::support::Ca::new("test CA"),
+        Opts {
+            extra_toml: mint_toml(&api.kubeconfig),
+            ..Opts::default()
+        },
+    )
     .await;
     let c = s.client();
     let admin = Client::new(s.addr, &s.ca.pem, Some(&s.ca.client("tokenhook-admin")));
