@@ -657,11 +657,7 @@ impl Introspection {
             );
         }
         if !s.audiences.is_empty() {
-            let auds: Vec<&str> = match claims.get("aud") {
-                Some(Value::String(a)) => vec![a.as_str()],
-                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-                _ => vec![],
-            };
+            let auds = super::oidc::aud_values(&claims);
             if !auds.iter().any(|a| s.audiences.iter().any(|c| c == a)) {
                 return no(
                     RejectReason::AudienceMismatch,

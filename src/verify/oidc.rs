@@ -538,11 +538,7 @@ impl JwtIssuer {
 
     fn check(&self, claims: Map<String, Value>, cel: &CelEnv, now: UnixTime) -> Outcome {
         // iss matched when routing; audiences (MatchAny), then times.
-        let auds: Vec<&str> = match claims.get("aud") {
-            Some(Value::String(s)) => vec![s.as_str()],
-            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
-            _ => vec![],
-        };
+        let auds = aud_values(&claims);
         if !auds.iter().any(|a| self.audiences.iter().any(|c| c == a)) {
             return reject(
                 RejectReason::AudienceMismatch,
@@ -782,5 +778,14 @@ impl Verifier for Jwt {
             ));
         }
         issuer.verify(t, &header, &payload, &self.cel, now).await
+    }
+}
+
+/// The `aud` claim as a list: a string is one audience, an array its string members.
+pub(crate) fn aud_values(claims: &Map<String, Value>) -> Vec<&str> {
+    match claims.get("aud") {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+        _ => vec![],
     }
 }
