@@ -87,6 +87,9 @@ mod tests {
     use super::*;
     use figment::Jail;
 
+    // The tests read the environment under a prefix of their own, so that the runner's
+    // TOKENHOOK_* variables cannot change what they see.
+
     #[test]
     fn layering_and_relative_paths() {
         Jail::expect_with(|jail| {
@@ -103,10 +106,10 @@ mod tests {
                 file = "tokens.csv"
                 "#,
             )?;
-            jail.set_env("TOKENHOOK_CACHE__TTL_SECONDS", "7");
-            jail.set_env("TOKENHOOK_SERVER__LISTEN", "127.0.0.1:9001");
+            jail.set_env("TOKENHOOK_UNIT_CACHE__TTL_SECONDS", "7");
+            jail.set_env("TOKENHOOK_UNIT_SERVER__LISTEN", "127.0.0.1:9001");
             let path = jail.directory().join("etc/t.toml");
-            let c = load(Some(&path), "TOKENHOOK_", &Overrides::default()).unwrap();
+            let c = load(Some(&path), "TOKENHOOK_UNIT_", &Overrides::default()).unwrap();
             assert_eq!(c.listen.to_string(), "127.0.0.1:9001");
             assert_eq!(c.cache.ttl.as_secs(), 7);
             assert_eq!(c.cert_file, jail.directory().join("etc/tls/server.crt"));
@@ -115,7 +118,7 @@ mod tests {
                 listen: Some("127.0.0.1:9002".into()),
                 ..Overrides::default()
             };
-            let c = load(Some(&path), "TOKENHOOK_", &o).unwrap();
+            let c = load(Some(&path), "TOKENHOOK_UNIT_", &o).unwrap();
             assert_eq!(c.listen.to_string(), "127.0.0.1:9002");
             Ok(())
         });
@@ -126,7 +129,7 @@ mod tests {
         Jail::expect_with(|jail| {
             jail.create_file("t.toml", "[server]\nlisten_addr = \"x\"\n")?;
             let path = jail.directory().join("t.toml");
-            let err = load(Some(&path), "TOKENHOOK_", &Overrides::default())
+            let err = load(Some(&path), "TOKENHOOK_UNIT_", &Overrides::default())
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("listen_addr"), "{err}");
@@ -144,7 +147,7 @@ mod tests {
             )?;
             let path = jail.directory().join("t.toml");
             let ConfigError::Invalid(errs) =
-                load(Some(&path), "TOKENHOOK_", &Overrides::default()).unwrap_err()
+                load(Some(&path), "TOKENHOOK_UNIT_", &Overrides::default()).unwrap_err()
             else {
                 panic!("expected Invalid")
             };

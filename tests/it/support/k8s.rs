@@ -1,4 +1,4 @@
-//! A real control plane for tests: etcd and kube-apiserver from `TOKENHOOK_K8S_BIN_DIR` or `../shared/k8s/`, unpacked once, started on loopback, killed on drop; plus kubectl against it.
+//! A real control plane for tests: etcd and kube-apiserver from `K8S_BIN_DIR` or `../shared/k8s/`, unpacked once, started on loopback, killed on drop; plus kubectl against it.
 //!
 //! Usage (blocking calls; from an async test run them through `spawn_blocking` or on a
 //! multi-thread runtime, so that servers living on the test's runtime keep serving):
@@ -31,10 +31,10 @@ pub struct Binaries {
     pub apiserver: PathBuf,
 }
 
-/// Where the provided binaries are: `TOKENHOOK_K8S_BIN_DIR`, else `../shared/k8s/` beside the
+/// Where the provided binaries are: `K8S_BIN_DIR`, else `../shared/k8s/` beside the
 /// repository (CI clones the repository next to `shared/`).
 pub fn source_dir() -> PathBuf {
-    match std::env::var_os("TOKENHOOK_K8S_BIN_DIR") {
+    match std::env::var_os("K8S_BIN_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
         _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/k8s"),
     }
@@ -60,7 +60,7 @@ pub fn binaries() -> Option<Binaries> {
                 use std::io::Write;
                 let _ = writeln!(
                     std::io::stderr(),
-                    "\n!!!!!!!! SKIPPED: the kube-apiserver end-to-end tests: {why}\n!!!!!!!! set TOKENHOOK_K8S_BIN_DIR to a folder with etcd[.xz] and kube-apiserver[.xz] (CI=true makes this a failure)\n"
+                    "\n!!!!!!!! SKIPPED: the kube-apiserver end-to-end tests: {why}\n!!!!!!!! set K8S_BIN_DIR to a folder with etcd[.xz] and kube-apiserver[.xz] (CI=true makes this a failure)\n"
                 );
             });
             None
