@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
+use tracing::Instrument;
 
 use crate::app::App;
 use crate::cache::{Cached, VerdictCache};
@@ -47,11 +48,24 @@ pub fn audiences(spec: &[String], api: &[String], token: Option<&[String]>) -> O
 
 /// What the router already knows of a request, so that the review does not work it out again.
 #[derive(Debug, Clone, Copy)]
-pub struct Arrival {
+pub struct Arrival<'a> {
     /// When the request head arrived (for the log line's latency).
     pub started: Instant,
     /// The User-Agent asks for pretty JSON by default (kube's curl/Wget rule).
     pub pretty_hint: bool,
+    /// The request id, for the span its log lines are written in.
+    pub id: &'a str,
+}
+
+/// Writes one line inside the request's span, made only now that a line is written: a
+/// review runs outside it (see `routes::handle`), so that a cache hit that logs nothing
+/// does not pay for it.
+macro_rules! logged {
+    ($id:expr, $level:expr, $($field:tt)*) => {
+        if tracing::enabled!($level) {
+            crate::routes::request_span($id).in_scope(|| tracing::event!($level, $($field)*));
+        }
+    };
 }
 
 /// Answers one TokenReview POST. `default_version` is the path's, used when the body names none.
@@ -60,17 +74,18 @@ pub async fn handle(
     conn: &ConnInfo,
     req: Request<Incoming>,
     default_version: ApiVersion,
-    arrival: Arrival,
+    arrival: Arrival<'_>,
 ) -> Response<Body> {
     let Arrival {
         started,
         pretty_hint,
+        id,
     } = arrival;
     if let Err(st) = app
         .callers
         .check(conn.client_cert.as_ref(), req.headers(), "tokenreviews")
     {
-        tracing::info!(peer = %conn.peer, code = st.code, "caller refused");
+        logged!(id, tracing::Level::INFO, peer = %conn.peer, code = st.code, "caller refused");
         return status_response(&st, pretty_hint);
     }
     let (parts, body) = req.into_parts();
@@ -108,14 +123,21 @@ pub async fn handle(
         // HTTP/2 stream); a hit never builds it.
         .get_or_verify(
             || VerdictCache::key(&token, &review.spec.audiences),
-            || Box::pin(decide(app, &token, &review.spec.audiences)),
+            || {
+                Box::pin(
+                    decide(app, &token, &review.spec.audiences)
+                        .instrument(crate::routes::request_span(id)),
+                )
+            },
         )
         .await;
     let (mut cached, hit) = match verdict {
         Ok(v) => v,
         Err(e) => {
             app.metrics.review("none", "error");
-            tracing::warn!(
+            logged!(
+                id,
+                tracing::Level::WARN,
                 token = %token.digest().fingerprint(),
                 error = %e,
                 latency_us = started.elapsed().as_micros() as u64,
@@ -144,8 +166,11 @@ pub async fn handle(
     {
         app.cache
             .invalidate(&VerdictCache::key(&token, &review.spec.audiences))
+            .instrument(crate::routes::request_span(id))
             .await;
-        tracing::info!(
+        logged!(
+            id,
+            tracing::Level::INFO,
             token = %token.digest().fingerprint(),
             "cached verdict refers to a deleted or replaced object"
         );
@@ -177,7 +202,8 @@ pub async fn handle(
     // issue 12), at info when it was not, so that refusals stay visible by default.
     macro_rules! review_line {
         ($level:expr) => {
-            tracing::event!(
+            logged!(
+                id,
                 $level,
                 api_version = version.as_str(),
                 verifier = cached.verifier,
