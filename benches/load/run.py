@@ -3,7 +3,7 @@
 several established load generators.
 
 Usage (from the repository root):
-    python3 benches/load/run.py [--seconds 8] [--out benches/load/results.json]
+    python3 benches/load/run.py [--seconds 6] [--rounds 3] [--out benches/load/results.json]
                                 [--only LETTER] [--connections N] [--protocol http/1.1|h2]
                                 [--generators oha,wrk,h2load] [--log-level FILTER]
                                 [--profile release|debug]
@@ -12,7 +12,10 @@ It installs its load generators itself: oha from crates.io (cargo install), wrk 
 from Debian (apt-get install wrk nghttp2-client). It builds tokenhook and the floor server
 in release mode, pins each server to core 0 and the generator to core 1, and for every
 scenario and every generator that speaks its protocol (HTTP/1.1: oha and wrk; HTTP/2: oha
-and h2load) runs the floor server, then tokenhook, with the same settings. Each server's
+and h2load) runs the floor server and tokenhook side by side and loads each in turn, with the
+same settings, --rounds times (--seconds per server split over the rounds; req/s is the
+mean of the rounds, percentiles the median round's), so that a slow spell of the shared
+host falls on both rather than on whichever ran during it. Each server's
 CPU time (user + system, from /proc/PID/stat) over the generator's run, divided by the
 requests answered, gives the CPU per request. tokenhook runs with its default logging.
 Results: Markdown tables on stdout and JSON in --out, with the CPU model and cache sizes.
@@ -217,6 +220,27 @@ def measure(label, srv, port, path, body, headers, run, behind=None):
     return r
 
 
+def combine(rounds):
+    """One server's rounds as one result: requests, CPU time and answers summed, req/s the
+    mean of the rounds', percentiles the median round's."""
+    import statistics
+    n = sum(r["requests"] for r in rounds)
+    status = {}
+    for r in rounds:
+        for k, v in r["status"].items():
+            status[k] = status.get(k, 0) + v
+    out = {
+        "rps": sum(r["rps"] for r in rounds) / len(rounds),
+        "requests": n,
+        "status": status,
+        "cpu_us_per_request": sum(r["cpu_us_per_request"] * r["requests"] for r in rounds) / max(n, 1),
+        "rounds_rps": [round(r["rps"]) for r in rounds],
+    }
+    for k in ("p50_ms", "p99_ms", "p999_ms"):
+        out[k] = statistics.median(r[k] for r in rounds)
+    return out
+
+
 def run_oha(oha, url, body, seconds, conns, http2, keepalive, headers, work):
     argv = ["taskset", "-c", "1", oha, "-z", f"{seconds}s", "-c", str(conns), "--no-tui", "--insecure",
             "--output-format", "json", "-m", "POST", "-T", "application/json", "-d", body]
@@ -349,9 +373,11 @@ class Setup:
     """Release binaries (debug ones with `profile="debug"`, for smoke runs), a dev directory made
     by `tokenhook dev`, JWT material, and config writing."""
 
-    def __init__(self, profile="release", floor=True):
+    def __init__(self, profile="release"):
         ensure_cryptography()
-        build = ["cargo", "build", "--quiet", "--bin", "tokenhook"] + (["--example", "floor"] if floor else [])
+        # Always with the floor: building the binary alone unifies dependency features
+        # differently (the example pulls in dev-dependencies), which rebuilds tokenhook.
+        build = ["cargo", "build", "--quiet", "--bin", "tokenhook", "--example", "floor"]
         sh(*build, *(["--release"] if profile == "release" else []), cwd=ROOT)
         target = os.path.join(ROOT, "target", profile)
         self.tokenhook, self.floor = os.path.join(target, "tokenhook"), os.path.join(target, "examples", "floor")
@@ -491,7 +517,8 @@ def upstream_miss(st, a, tools, wanted, gen_versions):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=8)
+    ap.add_argument("--seconds", type=int, default=6, help="load per server and row, split over the rounds")
+    ap.add_argument("--rounds", type=int, default=3, help="turns each server of a row takes, alternating (default 3)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benches", "load", "results.json"))
     ap.add_argument("--only", help="run only the scenarios whose letter is this (a, b, c, d, e, f)")
     ap.add_argument("--connections", type=int, help="run only the rows with this many connections")
@@ -517,7 +544,8 @@ def main():
         "h2load": lambda p: version_of([p, "--version"]),
     }
     gen_versions = {g: versions[g](p) for g, p in tools.items()}
-    st = Setup(a.profile, floor=a.only != "f")
+    per_round = max(1, a.seconds // max(a.rounds, 1))
+    st = Setup(a.profile)
     tokenhook, config = st.tokenhook, st.config
     alice, jwts, work = st.alice, st.jwts, st.work
 
@@ -552,20 +580,30 @@ def main():
                 continue
             row = {"scenario": name, "connections": conns, "protocol": "h2" if h2 else "http/1.1", "keepalive": keepalive,
                    "generator": gen, "generator_version": gen_versions[gen]}
+            # All of the row's servers run at once (idle ones cost nothing) and the load goes
+            # to each in turn, `--rounds` times: a slow spell of the shared host then falls
+            # on every server of the row alike instead of on whichever ran during it.
+            srvs, rounds = {}, {who: [] for who in servers}
+            try:
+                for who in servers:
+                    if who.startswith("floor"):
+                        port = free_port()
+                        srvs[who] = (Server(st.floor_argv(port, alg if who == "floor_verify" else None, status), port), port)
+                    else:
+                        cfg_path, port = config(f"bench{i}", log_level=a.log_level, **cfg)
+                        srvs[who] = (Server([tokenhook, "serve", "--config", cfg_path], port), port)
+                for _ in range(a.rounds):
+                    for who in servers:
+                        srv, port = srvs[who]
+                        rounds[who].append(measure(
+                            f"{name} ({gen}): {who}", srv, port, path, body, headers,
+                            lambda: runner(tools[gen], f"https://127.0.0.1:{port}{path}", body, per_round, conns, h2, keepalive, headers, work)))
+            finally:
+                rss = {who: srv.stop() for who, (srv, _) in srvs.items()}
             for who in servers:
-                if who.startswith("floor"):
-                    port = free_port()
-                    srv = Server(st.floor_argv(port, alg if who == "floor_verify" else None, status), port)
-                else:
-                    cfg_path, port = config(f"bench{i}", log_level=a.log_level, **cfg)
-                    srv = Server([tokenhook, "serve", "--config", cfg_path], port)
-                try:
-                    r = measure(f"{name} ({gen}): {who}", srv, port, path, body, headers,
-                                lambda: runner(tools[gen], f"https://127.0.0.1:{port}{path}", body, a.seconds, conns, h2, keepalive, headers, work))
-                finally:
-                    r_rss = srv.stop()
-                r["peak_rss_mib"] = round(r_rss / 1024, 1)
-                r["ready_ms"] = round(srv.ready_ms, 1)
+                r = combine(rounds[who])
+                r["peak_rss_mib"] = round(rss[who] / 1024, 1)
+                r["ready_ms"] = round(srvs[who][0].ready_ms, 1)
                 row[who] = r
             row["throughput_ratio"] = row["tokenhook"]["rps"] / row["floor"]["rps"]
             row["cpu_ratio"] = row["tokenhook"]["cpu_us_per_request"] / max(row["floor"]["cpu_us_per_request"], 1e-9)
@@ -581,7 +619,7 @@ def main():
 
     through = upstream_miss(st, a, tools, wanted, gen_versions) if a.only in (None, "f") and a.protocol in (None, "http/1.1") else []
 
-    meta = dict(machine(), date=time.strftime("%Y-%m-%d"), seconds_per_run=a.seconds, generators=gen_versions,
+    meta = dict(machine(), date=time.strftime("%Y-%m-%d"), seconds_per_run=a.seconds, rounds=a.rounds, seconds_per_round=per_round, generators=gen_versions,
                 logging=f"json, {a.log_level}" if a.log_level else "tokenhook defaults (json, info)", profile=a.profile)
     with open(a.out, "w") as f:
         json.dump({"machine": meta, "results": results, "upstream_miss": through}, f, indent=2)

@@ -320,7 +320,7 @@ impl Cluster {
         }
     }
 
-    fn deleted(&self, kind: Kind, uid: Option<&str>) {
+    async fn deleted(&self, kind: Kind, uid: Option<&str>) {
         let Some(uid) = uid else { return };
         let was_referenced = self
             .referenced
@@ -333,13 +333,13 @@ impl Cluster {
                 uid,
                 "bound object deleted; dropping its cached verdicts"
             );
-            self.cache.invalidate_bound(uid);
+            self.cache.invalidate_bound(uid).await;
         }
     }
 
     /// After a relist that followed a failure, deletions may have gone unseen: drop every
     /// verdict that depends on the cluster.
-    fn relisted(&self, kind: Kind) {
+    async fn relisted(&self, kind: Kind) {
         tracing::info!(
             kind = kind.resource(),
             "watch listed again; dropping cached verdicts of bound tokens"
@@ -347,7 +347,7 @@ impl Cluster {
         if let Ok(mut r) = self.referenced.lock() {
             r.clear();
         }
-        self.cache.invalidate_all_bound();
+        self.cache.invalidate_all_bound().await;
     }
 
     fn set_up(&self, kind: Kind, up: bool) {
@@ -417,10 +417,10 @@ async fn run<K, S, F>(
                     let event = event.modify(trim);
                     writer.apply_watcher_event(&event);
                     match &event {
-                        Event::Delete(o) => cluster.deleted(kind, o.meta().uid.as_deref()),
+                        Event::Delete(o) => cluster.deleted(kind, o.meta().uid.as_deref()).await,
                         Event::InitDone => {
                             if listed_before {
-                                cluster.relisted(kind);
+                                cluster.relisted(kind).await;
                             }
                             listed_before = true;
                             backoff = MIN_BACKOFF;
