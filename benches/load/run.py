@@ -528,6 +528,8 @@ def main():
     ap.add_argument("--profile", choices=["release", "debug"], default="release",
                     help="binaries to build and run; debug only for smoke runs (its figures mean nothing)")
     a = ap.parse_args()
+    if a.rounds < 1 or a.seconds < 1:
+        sys.exit("--rounds and --seconds: at least 1")
     wanted = [g for g in a.generators.split(",") if g]
     if not wanted or any(g not in GENERATORS for g in wanted):
         sys.exit(f"--generators: choose among {', '.join(GENERATORS)}")
