@@ -365,10 +365,52 @@ pub struct BreakerConfig {
 impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
-            failure_threshold: 5,
-            cool_down: Duration::from_secs(10),
+            failure_threshold: file_defaults::failure_threshold(),
+            cool_down: Duration::from_secs(file_defaults::cool_down_seconds()),
         }
     }
+}
+
+/// The limit keys every verifier that calls out (`introspection`, `tokenreview`) has in its
+/// file settings: their serde defaults here, the keys themselves written out in each struct
+/// because serde's `flatten` does not combine with `deny_unknown_fields`.
+pub mod file_defaults {
+    /// `timeout_seconds`.
+    pub fn timeout_seconds() -> u64 {
+        10
+    }
+    /// `max_in_flight`.
+    pub fn max_in_flight() -> usize {
+        100
+    }
+    /// `failure_threshold`.
+    pub fn failure_threshold() -> u32 {
+        5
+    }
+    /// `cool_down_seconds`.
+    pub fn cool_down_seconds() -> u64 {
+        10
+    }
+}
+
+/// The problems with those limit keys, each prefixed with `path`.
+pub fn limit_problems(
+    path: &str,
+    timeout_seconds: u64,
+    max_in_flight: usize,
+    breaker: BreakerConfig,
+) -> Vec<String> {
+    let mut errs = Vec::new();
+    if timeout_seconds == 0 {
+        errs.push(format!("{path}.timeout_seconds: must be at least 1"));
+    }
+    if max_in_flight == 0 {
+        errs.push(format!("{path}.max_in_flight: must be at least 1"));
+    }
+    if breaker.failure_threshold > 0 && breaker.cool_down.is_zero() {
+        errs.push(format!("{path}.cool_down_seconds: must be at least 1"));
+    }
+    errs
 }
 
 /// Where the circuit stands.

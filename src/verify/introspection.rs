@@ -29,7 +29,9 @@ use super::tokenreview::valid_name;
 use super::{Identity, Outcome, RejectReason, Rejection, Token, Verifier, VerifyError};
 use crate::clock::UnixTime;
 use crate::metrics::Metrics;
-use crate::outbound::{BreakerConfig, HttpsClient, OutboundError, TlsOptions, Upstream, result};
+use crate::outbound::{
+    BreakerConfig, HttpsClient, OutboundError, TlsOptions, Upstream, limit_problems, result,
+};
 
 /// `[[verifiers]] type = "introspection"` as written in the file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -102,16 +104,16 @@ pub struct FileSettings {
     #[serde(default = "default_cache_ttl")]
     pub cache_ttl_seconds: u64,
     /// Time for one call (metadata or introspection), in seconds. Default 10.
-    #[serde(default = "default_timeout")]
+    #[serde(default = "crate::outbound::file_defaults::timeout_seconds")]
     pub timeout_seconds: u64,
     /// Calls at once; more wait (until the timeout). Default 100.
-    #[serde(default = "default_max_in_flight")]
+    #[serde(default = "crate::outbound::file_defaults::max_in_flight")]
     pub max_in_flight: usize,
     /// Consecutive failed calls that open the circuit (0: never). Default 5.
-    #[serde(default = "default_failures")]
+    #[serde(default = "crate::outbound::file_defaults::failure_threshold")]
     pub failure_threshold: u32,
     /// Seconds an open circuit fails fast before one probe call. Default 10.
-    #[serde(default = "default_cool_down")]
+    #[serde(default = "crate::outbound::file_defaults::cool_down_seconds")]
     pub cool_down_seconds: u64,
 }
 
@@ -119,18 +121,6 @@ fn default_auth() -> String {
     "client_secret_basic".into()
 }
 fn default_cache_ttl() -> u64 {
-    10
-}
-fn default_timeout() -> u64 {
-    10
-}
-fn default_max_in_flight() -> usize {
-    100
-}
-fn default_failures() -> u32 {
-    5
-}
-fn default_cool_down() -> u64 {
     10
 }
 
@@ -240,15 +230,16 @@ impl FileSettings {
             token_issuer: self.token_issuer.clone(),
         };
         errs.extend(selector.validate(&path));
-        if self.timeout_seconds == 0 {
-            errs.push(format!("{path}.timeout_seconds: must be at least 1"));
-        }
-        if self.max_in_flight == 0 {
-            errs.push(format!("{path}.max_in_flight: must be at least 1"));
-        }
-        if self.failure_threshold > 0 && self.cool_down_seconds == 0 {
-            errs.push(format!("{path}.cool_down_seconds: must be at least 1"));
-        }
+        let breaker = BreakerConfig {
+            failure_threshold: self.failure_threshold,
+            cool_down: Duration::from_secs(self.cool_down_seconds),
+        };
+        errs.extend(limit_problems(
+            &path,
+            self.timeout_seconds,
+            self.max_in_flight,
+            breaker,
+        ));
         if self
             .required_scopes
             .iter()
@@ -305,10 +296,7 @@ impl FileSettings {
                 cache_ttl: Duration::from_secs(self.cache_ttl_seconds),
                 timeout: Duration::from_secs(self.timeout_seconds),
                 max_in_flight: self.max_in_flight,
-                breaker: BreakerConfig {
-                    failure_threshold: self.failure_threshold,
-                    cool_down: Duration::from_secs(self.cool_down_seconds),
-                },
+                breaker,
             }),
             _ => Err(errs),
         }

@@ -28,7 +28,8 @@ use crate::clock::UnixTime;
 use crate::k8s::token_review::{ApiVersion, TokenReviewStatus, UserInfo};
 use crate::metrics::Metrics;
 use crate::outbound::{
-    Answer, Backoff, BreakerConfig, HttpsClient, OutboundError, TlsOptions, Upstream, result,
+    Answer, Backoff, BreakerConfig, HttpsClient, OutboundError, TlsOptions, Upstream,
+    limit_problems, result,
 };
 
 /// `[[verifiers]] type = "tokenreview"` as written in the file.
@@ -60,16 +61,16 @@ pub struct FileSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_issuer: Option<String>,
     /// Time for one review's upstream calls, retries included, in seconds. Default 10.
-    #[serde(default = "default_timeout")]
+    #[serde(default = "crate::outbound::file_defaults::timeout_seconds")]
     pub timeout_seconds: u64,
     /// Calls to this upstream at once; more wait (until the timeout). Default 100.
-    #[serde(default = "default_max_in_flight")]
+    #[serde(default = "crate::outbound::file_defaults::max_in_flight")]
     pub max_in_flight: usize,
     /// Consecutive failed calls that open the circuit (0: never). Default 5.
-    #[serde(default = "default_failures")]
+    #[serde(default = "crate::outbound::file_defaults::failure_threshold")]
     pub failure_threshold: u32,
     /// Seconds an open circuit fails fast before one probe call. Default 10.
-    #[serde(default = "default_cool_down")]
+    #[serde(default = "crate::outbound::file_defaults::cool_down_seconds")]
     pub cool_down_seconds: u64,
     /// Lifetime of this upstream's "yes" in the verdict cache, in seconds. Default: `[cache] ttl_seconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,18 +79,6 @@ pub struct FileSettings {
 
 fn default_version() -> String {
     "v1beta1".into()
-}
-fn default_timeout() -> u64 {
-    10
-}
-fn default_max_in_flight() -> usize {
-    100
-}
-fn default_failures() -> u32 {
-    5
-}
-fn default_cool_down() -> u64 {
-    10
 }
 
 /// Validated settings.
@@ -145,15 +134,16 @@ impl FileSettings {
             token_issuer: self.token_issuer.clone(),
         };
         errs.extend(selector.validate(&path));
-        if self.timeout_seconds == 0 {
-            errs.push(format!("{path}.timeout_seconds: must be at least 1"));
-        }
-        if self.max_in_flight == 0 {
-            errs.push(format!("{path}.max_in_flight: must be at least 1"));
-        }
-        if self.failure_threshold > 0 && self.cool_down_seconds == 0 {
-            errs.push(format!("{path}.cool_down_seconds: must be at least 1"));
-        }
+        let breaker = BreakerConfig {
+            failure_threshold: self.failure_threshold,
+            cool_down: Duration::from_secs(self.cool_down_seconds),
+        };
+        errs.extend(limit_problems(
+            &path,
+            self.timeout_seconds,
+            self.max_in_flight,
+            breaker,
+        ));
         if let Some(n) = &self.name
             && !valid_name(n)
         {
@@ -179,10 +169,7 @@ impl FileSettings {
                 selector,
                 timeout: Duration::from_secs(self.timeout_seconds),
                 max_in_flight: self.max_in_flight,
-                breaker: BreakerConfig {
-                    failure_threshold: self.failure_threshold,
-                    cool_down: Duration::from_secs(self.cool_down_seconds),
-                },
+                breaker,
                 cache_ttl: self.cache_ttl_seconds.map(Duration::from_secs),
             }),
             _ => Err(errs),
