@@ -1,5 +1,6 @@
 //! TokenReview: decode (with fieldValidation), cache, chain, audiences, encode — kube-apiserver's semantics.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,138 +70,175 @@ macro_rules! logged {
 }
 
 /// Answers one TokenReview POST. `default_version` is the path's, used when the body names none.
-pub async fn handle(
-    app: &Arc<App>,
-    conn: &ConnInfo,
+///
+/// A plain function returning an `async move` block (not an `async fn`, which keeps a
+/// second copy of the request in its state, rust-lang/rust#62958); the request's parts live
+/// in an inner block that ends before the cache lookup, so that the lookup's state does not
+/// carry them (issue 12: every byte of this future is copied into its box per request).
+#[allow(clippy::manual_async_fn)]
+pub fn handle<'a>(
+    app: &'a Arc<App>,
+    conn: &'a ConnInfo,
     req: Request<Incoming>,
     default_version: ApiVersion,
-    arrival: Arrival<'_>,
-) -> Response<Body> {
-    let Arrival {
-        started,
-        pretty_hint,
-        id,
-    } = arrival;
-    if let Err(st) = app
-        .callers
-        .check(conn.client_cert.as_ref(), req.headers(), "tokenreviews")
-    {
-        logged!(id, tracing::Level::INFO, peer = %conn.peer, code = st.code, "caller refused");
-        return status_response(&st, pretty_hint);
-    }
-    let (parts, body) = req.into_parts();
-    // kube-apiserver's order: media type, body size, query options, decode.
-    if let Err(st) = body::media_type(&parts.headers, &[Media::Json]) {
-        return status_response(&st, pretty_hint);
-    }
-    let body = match body::read(&app.config.limits, &parts.headers, body).await {
-        Ok(b) => b,
-        Err(st) => return status_response(&st, pretty_hint),
-    };
-    let options = match CreateOptions::parse(parts.uri.query()) {
-        Ok(o) => o,
-        Err(st) => return status_response(&st, pretty_hint),
-    };
-    let pretty = options.pretty.unwrap_or(pretty_hint);
-    let (mut review, version, warnings) =
-        match decode(&body, default_version, options.field_validation) {
-            Ok(d) => d,
-            Err(st) => return status_response(&st, pretty),
+    arrival: Arrival<'a>,
+) -> impl Future<Output = Response<Body>> + Send + 'a {
+    async move {
+        let Arrival {
+            started,
+            pretty_hint,
+            id,
+        } = arrival;
+        let (body, options) = {
+            if let Err(st) =
+                app.callers
+                    .check(conn.client_cert.as_ref(), req.headers(), "tokenreviews")
+            {
+                logged!(id, tracing::Level::INFO, peer = %conn.peer, code = st.code, "caller refused");
+                return status_response(&st, pretty_hint);
+            }
+            let (parts, body) = req.into_parts();
+            // kube-apiserver's order: media type, body size, query options, decode.
+            if let Err(st) = body::media_type(&parts.headers, &[Media::Json]) {
+                return status_response(&st, pretty_hint);
+            }
+            let body = match body::read(&app.config.limits, &parts.headers, body).await {
+                Ok(b) => b,
+                Err(st) => return status_response(&st, pretty_hint),
+            };
+            match CreateOptions::parse(parts.uri.query()) {
+                Ok(o) => (body, o),
+                Err(st) => return status_response(&st, pretty_hint),
+            }
         };
-    if review.spec.token.is_empty() {
-        return status_response(
-            &Status::bad_request("token is required for TokenReview in authentication"),
-            pretty,
-        );
-    }
-
-    // Moved out for the verifiers and back in for the echo: no copy of the token.
-    let token = Token::new(std::mem::take(&mut review.spec.token));
-    let verdict = app
-        .cache
-        // Boxed: the verification future (issuer fetches, TLS clients…) is large, and inline
-        // it would make every request's future as large (9 KiB, moved several times per
-        // HTTP/2 stream); a hit never builds it.
-        .get_or_verify(
-            || VerdictCache::key(&token, &review.spec.audiences),
-            || {
-                Box::pin(
-                    decide(app, &token, &review.spec.audiences)
-                        .instrument(crate::routes::request_span(id)),
-                )
-            },
+        let pretty = options.pretty.unwrap_or(pretty_hint);
+        let (review, version, warnings) =
+            match decode(&body, default_version, options.field_validation) {
+                Ok(d) => d,
+                Err(st) => return status_response(&st, pretty),
+            };
+        drop(body);
+        answer(
+            app, review, version, warnings, &options, pretty, started, id,
         )
-        .await;
-    let (mut cached, hit) = match verdict {
-        Ok(v) => v,
-        Err(e) => {
-            app.metrics.review("none", "error");
+        .await
+    }
+}
+
+/// The review's answer, from the cache or the chain (an `async move` block for the reason
+/// `handle` is one).
+#[allow(clippy::too_many_arguments)]
+#[allow(clippy::manual_async_fn)]
+fn answer<'a>(
+    app: &'a Arc<App>,
+    mut review: TokenReview,
+    version: ApiVersion,
+    warnings: Vec<String>,
+    options: &'a CreateOptions,
+    pretty: bool,
+    started: Instant,
+    id: &'a str,
+) -> impl Future<Output = Response<Body>> + Send + 'a {
+    async move {
+        if review.spec.token.is_empty() {
+            return status_response(
+                &Status::bad_request("token is required for TokenReview in authentication"),
+                pretty,
+            );
+        }
+
+        // Moved out for the verifiers and back in for the echo: no copy of the token.
+        let token = Token::new(std::mem::take(&mut review.spec.token));
+        let verdict = app
+            .cache
+            // Boxed: the verification future (issuer fetches, TLS clients…) is large, and inline
+            // it would make every request's future as large (9 KiB, moved several times per
+            // HTTP/2 stream); a hit never builds it.
+            .get_or_verify(
+                || VerdictCache::key(&token, &review.spec.audiences),
+                || {
+                    Box::pin(
+                        decide(app, &token, &review.spec.audiences)
+                            .instrument(crate::routes::request_span(id)),
+                    )
+                },
+            )
+            .await;
+        let (mut cached, hit) = match verdict {
+            Ok(v) => v,
+            Err(e) => {
+                app.metrics.review("none", "error");
+                logged!(
+                    id,
+                    tracing::Level::WARN,
+                    token = %token.digest().fingerprint(),
+                    error = %e,
+                    latency_us = started.elapsed().as_micros() as u64,
+                    "review could not be decided; asking the caller to retry"
+                );
+                let st = Status::service_unavailable(
+                    "the token could not be checked right now; retry",
+                    RETRY_AFTER_SECONDS,
+                );
+                return status_response(&st, pretty);
+            }
+        };
+        app.metrics.cache_lookup(hit);
+        // A "yes" on a token bound to cluster objects holds only while they exist with the same
+        // uids: checked on every review from the watch caches, so that a verdict cached a
+        // moment before a deletion was seen cannot outlive it.
+        if !cached.bound.is_empty()
+            && let Some(issuer) = &app.issuer
+            && !issuer.config.registry.still_current(
+                &cached.bound,
+                app.clock
+                    .now()
+                    .0
+                    .saturating_sub(crate::mint::issuer::LEEWAY_SECONDS),
+            )
+        {
+            // Boxed: rare, and moka's invalidation future would otherwise enlarge every review's.
+            // (In a statement of its own, so that the unboxed temporary takes no room either.)
+            let key = VerdictCache::key(&token, &review.spec.audiences);
+            let invalidated = Box::pin(
+                app.cache
+                    .invalidate(&key)
+                    .instrument(crate::routes::request_span(id)),
+            );
+            invalidated.await;
             logged!(
                 id,
-                tracing::Level::WARN,
+                tracing::Level::INFO,
                 token = %token.digest().fingerprint(),
-                error = %e,
-                latency_us = started.elapsed().as_micros() as u64,
-                "review could not be decided; asking the caller to retry"
+                "cached verdict refers to a deleted or replaced object"
             );
-            let st = Status::service_unavailable(
-                "the token could not be checked right now; retry",
-                RETRY_AFTER_SECONDS,
-            );
-            return status_response(&st, pretty);
-        }
-    };
-    app.metrics.cache_lookup(hit);
-    // A "yes" on a token bound to cluster objects holds only while they exist with the same
-    // uids: checked on every review from the watch caches, so that a verdict cached a
-    // moment before a deletion was seen cannot outlive it.
-    if !cached.bound.is_empty()
-        && let Some(issuer) = &app.issuer
-        && !issuer.config.registry.still_current(
-            &cached.bound,
-            app.clock
-                .now()
-                .0
-                .saturating_sub(crate::mint::issuer::LEEWAY_SECONDS),
-        )
-    {
-        app.cache
-            .invalidate(&VerdictCache::key(&token, &review.spec.audiences))
-            .instrument(crate::routes::request_span(id))
-            .await;
-        logged!(
-            id,
-            tracing::Level::INFO,
-            token = %token.digest().fingerprint(),
-            "cached verdict refers to a deleted or replaced object"
-        );
-        match Cached::new(
-            &TokenReviewStatus::unauthenticated(),
-            cached.verifier,
-            Duration::ZERO,
-        ) {
-            Ok(no) => cached = Arc::new(no),
-            Err(_) => {
-                return status_response(
-                    &Status::service_unavailable(
-                        "the token could not be checked right now; retry",
-                        RETRY_AFTER_SECONDS,
-                    ),
-                    pretty,
-                );
+            match Cached::new(
+                &TokenReviewStatus::unauthenticated(),
+                cached.verifier,
+                Duration::ZERO,
+            ) {
+                Ok(no) => cached = Arc::new(no),
+                Err(_) => {
+                    return status_response(
+                        &Status::service_unavailable(
+                            "the token could not be checked right now; retry",
+                            RETRY_AFTER_SECONDS,
+                        ),
+                        pretty,
+                    );
+                }
             }
         }
-    }
-    let outcome = if cached.authenticated {
-        "authenticated"
-    } else {
-        "unauthenticated"
-    };
-    app.metrics.review(cached.verifier, outcome);
-    // One line per review: at debug when the token was accepted (the common case, counted
-    // by `tokenhook_reviews_total`; at info it cost a third of the cache-hit throughput,
-    // issue 12), at info when it was not, so that refusals stay visible by default.
-    macro_rules! review_line {
+        let outcome = if cached.authenticated {
+            "authenticated"
+        } else {
+            "unauthenticated"
+        };
+        app.metrics.review(cached.verifier, outcome);
+        // One line per review: at debug when the token was accepted (the common case, counted
+        // by `tokenhook_reviews_total`; at info it cost a third of the cache-hit throughput,
+        // issue 12), at info when it was not, so that refusals stay visible by default.
+        macro_rules! review_line {
         ($level:expr) => {
             logged!(
                 id,
@@ -216,23 +254,24 @@ pub async fn handle(
             )
         };
     }
-    if cached.authenticated {
-        review_line!(tracing::Level::DEBUG);
-    } else {
-        review_line!(tracing::Level::INFO);
-    }
+        if cached.authenticated {
+            review_line!(tracing::Level::DEBUG);
+        } else {
+            review_line!(tracing::Level::INFO);
+        }
 
-    review.spec.token = token.into_raw();
-    // The cached status is compact JSON, written as it is; a pretty answer decodes it again
-    // so that it is indented like the rest.
-    let decoded = if pretty { cached.status().ok() } else { None };
-    let out = match decoded {
-        Some(status) => codec::encode(&review.respond(version, &status), true),
-        None => codec::encode(&review.respond(version, cached.status_json()), pretty),
-    };
-    let mut r = json(StatusCode::CREATED, out);
-    body::add_warnings(&mut r, &warnings);
-    r
+        review.spec.token = token.into_raw();
+        // The cached status is compact JSON, written as it is; a pretty answer decodes it again
+        // so that it is indented like the rest.
+        let decoded = if pretty { cached.status().ok() } else { None };
+        let out = match decoded {
+            Some(status) => codec::encode(&review.respond(version, &status), true),
+            None => codec::encode(&review.respond(version, cached.status_json()), pretty),
+        };
+        let mut r = json(StatusCode::CREATED, out);
+        body::add_warnings(&mut r, &warnings);
+        r
+    }
 }
 
 /// `POST /apis/authentication.k8s.io/v1/selfsubjectreviews`: who the caller is, as

@@ -339,12 +339,8 @@ impl Server {
         watched.push(build::tls_watch(&app.config, &transport, cert, key, ca));
         let handler: Handler = {
             let app = app.clone();
-            Arc::new(move |conn, req| {
-                // Boxed once here: hyper moves a stream's future several times before it
-                // runs (into the HTTP/2 stream task, then tokio's task cell), and a pointer
-                // is cheaper to move than the request's whole state.
-                Box::pin(crate::routes::handle(app.clone(), conn, req))
-            })
+            // The router boxes each request's future itself (see there).
+            Arc::new(move |conn, req| crate::routes::handle(app.clone(), conn, req))
         };
 
         let reloader = reload::spawn(
