@@ -14,7 +14,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use http::{Request, Response};
@@ -23,7 +23,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::Limits;
@@ -141,25 +141,25 @@ pub async fn serve(
     }
 }
 
-/// Requests in flight on one connection and when the last one finished, for the idle timeout.
+/// Requests started and finished on one connection, for the idle timeout: two counters
+/// rather than a clock read per request (issue 12); `supervise` samples them.
+#[derive(Default)]
 struct Activity {
-    start: Instant,
-    in_flight: AtomicUsize,
-    last_ms: AtomicU64,
+    started: AtomicU64,
+    finished: AtomicU64,
 }
 
 impl Activity {
     fn begin(self: &Arc<Self>) -> ActivityGuard {
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.started.fetch_add(1, Ordering::AcqRel);
         ActivityGuard(self.clone())
     }
 
-    fn idle_for(&self) -> Option<Duration> {
-        if self.in_flight.load(Ordering::Acquire) > 0 {
-            return None;
-        }
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Acquire));
-        Some(self.start.elapsed().saturating_sub(last))
+    /// (started, finished) when no request is in flight.
+    fn idle_snapshot(&self) -> Option<(u64, u64)> {
+        let finished = self.finished.load(Ordering::Acquire);
+        let started = self.started.load(Ordering::Acquire);
+        (started == finished).then_some((started, finished))
     }
 }
 
@@ -167,9 +167,74 @@ struct ActivityGuard(Arc<Activity>);
 
 impl Drop for ActivityGuard {
     fn drop(&mut self) {
-        let now = u64::try_from(self.0.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.last_ms.store(now, Ordering::Release);
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.0.finished.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Decides when a connection closes by itself: on shutdown, and once it has been idle (no
+/// request in flight and none started) for `idle_timeout`. It runs as a task of its own so
+/// that the connection's task, woken for every request, polls no timer or watch of its own,
+/// only two one-shot channels (a timer and a watch, polled on every wake, showed in
+/// benches/load/profile.py's per-hit counts).
+async fn supervise(
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    mut stop: watch::Receiver<bool>,
+    idle_timeout: Duration,
+    graceful: oneshot::Sender<&'static str>,
+    now: oneshot::Sender<()>,
+) {
+    let (mut graceful, mut now) = (Some(graceful), Some(now));
+    let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(50)));
+    // The first tick that saw the current idle snapshot: the connection has been idle at
+    // least since then.
+    let mut idle: Option<((u64, u64), Instant)> = None;
+    let mut goaway_at: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            // (The watch's guard is dropped inside: it must not live across the send.)
+            _ = async { stop.wait_for(|s| *s).await.is_ok() }, if goaway_at.is_none() => {
+                if let Some(g) = graceful.take() {
+                    let _ = g.send("shutdown");
+                }
+                return;
+            }
+            _ = tick.tick() => {
+                let at = Instant::now();
+                let idle_for = match (activity.idle_snapshot(), idle) {
+                    (None, _) => {
+                        idle = None;
+                        continue;
+                    }
+                    (Some(snap), Some((seen, since))) if snap == seen => at - since,
+                    (Some(snap), _) => {
+                        idle = Some((snap, at));
+                        continue;
+                    }
+                };
+                if idle_for < idle_timeout {
+                    continue;
+                }
+                match goaway_at {
+                    None => {
+                        tracing::debug!(%peer, "closing idle connection");
+                        goaway_at = Some(at);
+                        if let Some(g) = graceful.take() {
+                            let _ = g.send("idle");
+                        }
+                    }
+                    // HTTP/2's graceful close waits for the peer to answer a PING; a peer
+                    // that never does is dropped once it has been idle that long again.
+                    Some(sent) if at - sent >= idle_timeout => {
+                        if let Some(n) = now.take() {
+                            let _ = n.send(());
+                        }
+                        return;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
     }
 }
 
@@ -179,7 +244,7 @@ async fn connection(
     transport: &Transport,
     handler: Handler,
     builder: auto::Builder<TokioExecutor>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     tcp: TcpStream,
     peer: SocketAddr,
 ) -> &'static str {
@@ -208,11 +273,7 @@ async fn connection(
         peer,
         client_cert,
     });
-    let activity = Arc::new(Activity {
-        start: Instant::now(),
-        in_flight: AtomicUsize::new(0),
-        last_ms: AtomicU64::new(0),
-    });
+    let activity = Arc::new(Activity::default());
     let svc = {
         let activity = activity.clone();
         service_fn(move |req| {
@@ -227,39 +288,45 @@ async fn connection(
     };
     let served = builder.serve_connection(TokioIo::new(stream), svc);
     let mut served = std::pin::pin!(served);
-    let idle_timeout = limits.idle_timeout;
-    let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(50)));
+    let (graceful_tx, mut graceful) = oneshot::channel();
+    let (now_tx, mut now) = oneshot::channel();
+    let supervisor = tokio::spawn(supervise(
+        peer,
+        activity,
+        stop,
+        limits.idle_timeout,
+        graceful_tx,
+        now_tx,
+    ));
     let mut closing = None;
-    let mut goaway_at = None;
-    loop {
+    // A receiver is never polled again once it has answered (or its sender is gone).
+    let (mut graceful_open, mut now_open) = (true, true);
+    let reason = loop {
         tokio::select! {
+            biased;
             r = served.as_mut() => {
                 if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "connection ended with an error");
                 }
-                return closing.unwrap_or("ended");
+                break closing.unwrap_or("ended");
             }
-            _ = stop.wait_for(|s| *s), if closing.is_none() => {
-                closing = Some("shutdown");
-                served.as_mut().graceful_shutdown();
+            c = &mut graceful, if graceful_open => {
+                graceful_open = false;
+                if let Ok(reason) = c {
+                    closing = Some(reason);
+                    served.as_mut().graceful_shutdown();
+                }
             }
-            _ = tick.tick(), if closing != Some("shutdown") => {
-                let idle = activity.idle_for().is_some_and(|d| d >= idle_timeout);
-                match goaway_at {
-                    None if idle => {
-                        tracing::debug!(%peer, "closing idle connection");
-                        closing = Some("idle");
-                        goaway_at = Some(Instant::now());
-                        served.as_mut().graceful_shutdown();
-                    }
-                    // HTTP/2's graceful close waits for the peer to answer a PING; a peer
-                    // that never does is dropped once it has been idle that long again.
-                    Some(at) if idle && at.elapsed() >= idle_timeout => return "idle",
-                    _ => {}
+            c = &mut now, if now_open && closing == Some("idle") => {
+                now_open = false;
+                if c.is_ok() {
+                    break "idle";
                 }
             }
         }
-    }
+    };
+    supervisor.abort();
+    reason
 }
 
 fn is_connection_error(e: &io::Error) -> bool {
