@@ -226,10 +226,8 @@ impl VerdictCache {
                 if let Some(hit) = cache.get(&key).await {
                     return Ok((hit, true));
                 }
-                // Boxed: moka's insertion future is large and only misses need it (made in a
-                // statement of its own, or the unboxed temporary would still take its room).
-                let insert = Box::pin(cache.entry(key).or_try_insert_with(verify()));
-                let entry = insert.await?;
+                // Boxed: moka's insertion future is large and only misses need it.
+                let entry = Box::pin(cache.entry(key).or_try_insert_with(verify())).await?;
                 let hit = !entry.is_fresh();
                 if !hit && !entry.value().bound.is_empty() {
                     let mut index = self.bound.lock().unwrap_or_else(PoisonError::into_inner);

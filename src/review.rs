@@ -102,7 +102,7 @@ pub fn handle<'a>(
             if let Err(st) = body::media_type(&parts.headers, &[Media::Json]) {
                 return status_response(&st, pretty_hint);
             }
-            let body = match body::read(&app.config.limits, &parts.headers, body).await {
+            let body = match body::read(&app.config.limits, body).await {
                 Ok(b) => b,
                 Err(st) => return status_response(&st, pretty_hint),
             };
@@ -198,7 +198,6 @@ fn answer<'a>(
             )
         {
             // Boxed: rare, and moka's invalidation future would otherwise enlarge every review's.
-            // (In a statement of its own, so that the unboxed temporary takes no room either.)
             let key = VerdictCache::key(&token, &review.spec.audiences);
             let invalidated = Box::pin(
                 app.cache
@@ -299,7 +298,7 @@ async fn whoami(
     let mut user = app.authenticate_user(conn, req.headers()).await?;
     let (parts, b) = req.into_parts();
     let media = body::media_type(&parts.headers, &[Media::Json, Media::Protobuf])?;
-    let bytes = body::read(&app.config.limits, &parts.headers, b).await?;
+    let bytes = body::read(&app.config.limits, b).await?;
     let options = CreateOptions::parse(parts.uri.query())?;
     let (api_version, kind) = match media {
         Media::Protobuf => {

@@ -202,7 +202,7 @@ async fn mint(
     };
     let (parts, body) = req.into_parts();
     let media = body::media_type(&parts.headers, &[Media::Json, Media::Protobuf])?;
-    let bytes = body::read(&app.config.limits, &parts.headers, body).await?;
+    let bytes = body::read(&app.config.limits, body).await?;
     let options = CreateOptions::parse(parts.uri.query())?;
     let pretty = options.pretty.unwrap_or(pretty_hint);
     let (mut tr, mut warnings) = decode(media, &bytes, options.field_validation)?;

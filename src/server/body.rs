@@ -1,7 +1,7 @@
 //! Request-body plumbing shared by the create endpoints: media type, size-limited read, pretty printing, warnings.
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, USER_AGENT, WARNING};
+use http::header::{CONTENT_TYPE, HeaderValue, USER_AGENT, WARNING};
 use http::{HeaderMap, Response};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -67,12 +67,10 @@ pub fn user_agent_wants_pretty(headers: &HeaderMap) -> bool {
 ///
 /// # Errors
 /// 413 over the limit (declared or actual), 408 too slow, 400 cut off.
-pub async fn read(limits: &Limits, headers: &HeaderMap, body: Incoming) -> Result<Bytes, Status> {
+pub async fn read(limits: &Limits, body: Incoming) -> Result<Bytes, Status> {
     let limit = limits.max_body_bytes;
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    // The declared length as hyper parsed it from Content-Length (no header lookup again).
+    let declared = hyper::body::Body::size_hint(&body).exact();
     if declared.is_some_and(|n| n > limit) {
         return Err(Status::too_large(limit));
     }
