@@ -61,6 +61,11 @@ fn raw_verify(key: &signature::ParsedPublicKey, token: &str) -> bool {
 }
 
 fn main() {
+    // With no subscriber at all, every span h2 opens falls back to the `log` crate (tracing's
+    // `log` feature, which a dependency turns on): about 7k instructions per HTTP/2 request
+    // (benches/load/profile.py --h2) that tokenhook, whose subscriber filters those spans
+    // out, never pays. The floor must not pay them either.
+    let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
     let listen = arg("--listen");
     let cert = std::fs::read(arg("--cert")).unwrap();
     let key = std::fs::read(arg("--key")).unwrap();
