@@ -238,21 +238,21 @@ fn answer<'a>(
         // by `tokenhook_reviews_total`; at info it cost a third of the cache-hit throughput,
         // issue 12), at info when it was not, so that refusals stay visible by default.
         macro_rules! review_line {
-        ($level:expr) => {
-            logged!(
-                id,
-                $level,
-                api_version = version.as_str(),
-                verifier = cached.verifier,
-                outcome,
-                cache = if hit { "hit" } else { "miss" },
-                token = %token.digest().fingerprint(),
-                latency_us = started.elapsed().as_micros() as u64,
-                dry_run = options.dry_run,
-                "review"
-            )
-        };
-    }
+            ($level:expr) => {
+                logged!(
+                    id,
+                    $level,
+                    api_version = version.as_str(),
+                    verifier = cached.verifier,
+                    outcome,
+                    cache = if hit { "hit" } else { "miss" },
+                    token = %token.digest().fingerprint(),
+                    latency_us = started.elapsed().as_micros() as u64,
+                    dry_run = options.dry_run,
+                    "review"
+                )
+            };
+        }
         if cached.authenticated {
             review_line!(tracing::Level::DEBUG);
         } else {
