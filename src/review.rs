@@ -59,7 +59,7 @@ pub struct Arrival<'a> {
 }
 
 /// Writes one line inside the request's span, made only now that a line is written: a
-/// review runs outside it (see `routes::handle`), so that a cache hit that logs nothing
+/// review runs outside it (see `routes::review_route`), so that a cache hit that logs nothing
 /// does not pay for it.
 macro_rules! logged {
     ($id:expr, $level:expr, $($field:tt)*) => {

@@ -53,7 +53,7 @@ pub struct Transport {
 }
 
 /// Serves one request: the router. Returns a boxed future, boxed once per request (see
-/// `app`).
+/// `routes::handle`).
 pub type Handler = Arc<
     dyn Fn(Arc<ConnInfo>, Request<Incoming>) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>>
         + Send
