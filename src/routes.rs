@@ -141,10 +141,11 @@ pub fn handle(
 ) -> Pin<Box<dyn Future<Output = Response<Body>> + Send>> {
     let started = Instant::now();
     let id = request_id();
-    let review = match Route::of(&app, req.uri().path()) {
+    let route = Route::of(&app, req.uri().path());
+    let review = match route {
         _ if conn.metrics_only || req.method() != Method::POST => None,
-        Route::Review(v) => Some((v, Route::Review(v).label())),
-        Route::Webhook => Some((ApiVersion::V1, Route::Webhook.label())),
+        Route::Review(v) => Some((v, route.label())),
+        Route::Webhook => Some((ApiVersion::V1, route.label())),
         _ => None,
     };
     match review {

@@ -155,11 +155,12 @@ impl Activity {
         ActivityGuard(self.clone())
     }
 
-    /// (started, finished) when no request is in flight.
-    fn idle_snapshot(&self) -> Option<(u64, u64)> {
+    /// The number of requests served so far, when none is in flight: equal readings at two
+    /// ticks mean nothing started in between.
+    fn idle_count(&self) -> Option<u64> {
         let finished = self.finished.load(Ordering::Acquire);
         let started = self.started.load(Ordering::Acquire);
-        (started == finished).then_some((started, finished))
+        (started == finished).then_some(finished)
     }
 }
 
@@ -186,9 +187,9 @@ async fn supervise(
 ) {
     let (mut graceful, mut now) = (Some(graceful), Some(now));
     let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(50)));
-    // The first tick that saw the current idle snapshot: the connection has been idle at
-    // least since then.
-    let mut idle: Option<((u64, u64), Instant)> = None;
+    // The first tick that saw the current idle count: the connection has been idle at least
+    // since then.
+    let mut idle: Option<(u64, Instant)> = None;
     let mut goaway_at: Option<Instant> = None;
     loop {
         tokio::select! {
@@ -201,14 +202,14 @@ async fn supervise(
             }
             _ = tick.tick() => {
                 let at = Instant::now();
-                let idle_for = match (activity.idle_snapshot(), idle) {
+                let idle_for = match (activity.idle_count(), idle) {
                     (None, _) => {
                         idle = None;
                         continue;
                     }
-                    (Some(snap), Some((seen, since))) if snap == seen => at - since,
-                    (Some(snap), _) => {
-                        idle = Some((snap, at));
+                    (Some(n), Some((seen, since))) if n == seen => at - since,
+                    (Some(n), _) => {
+                        idle = Some((n, at));
                         continue;
                     }
                 };
