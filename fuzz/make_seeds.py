@@ -124,7 +124,7 @@ put("protobuf", "wrong_kind.pb", envelope("v1", "Pod", b""))
 put("protobuf", "empty_envelope.pb", b"k8s\x00")
 
 
-# ---- jwt: mode byte + token / HEADER\nPAYLOAD[\nSIG] / payload (see fuzz_targets/jwt.rs) ---
+# ---- jwt: mode byte + token / HEADER\nPAYLOAD[\nSIG] / payload (see targets/jwt.rs) ---
 def b64(b):
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
 

@@ -2,7 +2,7 @@
 # Builds the libFuzzer targets and runs each for a bounded time.
 #
 #   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]     (default: 60 s, every target)
-#   fuzz/run.sh 5                                      (CI: a few seconds each)
+#   fuzz/run.sh 5                                      (a smoke run: a few seconds each)
 #
 # Stable Rust only: no cargo-fuzz and no nightly. The crate is built with the coverage
 # instrumentation libFuzzer needs (what `cargo fuzz build -s none` passes) and no sanitizer;

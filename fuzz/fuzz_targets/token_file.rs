@@ -1,39 +1,8 @@
-//! `verify::static_file::TokenTable::parse`: kube's `--token-auth-file` CSV plus tokenhook's
-//! hashed entries, audiences and extra columns.
+//! libFuzzer entry point of `targets/token_file.rs`, which says what it feeds and checks (shared with
+//! the corpus replay in tests/it/fuzz_corpus.rs).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use tokenhook::verify::Digest;
-use tokenhook::verify::static_file::{TokenTable, hash_entry};
+#[path = "../targets/token_file.rs"]
+mod target;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(table) = TokenTable::parse(data) else {
-        return;
-    };
-    // One usable token per record at most.
-    let records = 1 + data.iter().filter(|b| **b == b'\n' || **b == b'\r').count();
-    assert!(
-        table.len() <= records,
-        "{} tokens from {records} lines",
-        table.len()
-    );
-    // A plain first column from a one-line, unquoted file is found by its digest, and its
-    // hashed form (what `tokenhook hash-token` prints) parses to the same entry.
-    if let Ok(text) = std::str::from_utf8(data)
-        && !text.contains(['\n', '\r', '"', '#'])
-        && let Some((token, rest)) = text.split_once(',')
-        && !token.is_empty()
-        && !token.starts_with("sha256:")
-        && table.len() == 1
-    {
-        let entry = table
-            .lookup(&Digest::of(token.as_bytes()))
-            .expect("a one-row file's token is in the table");
-        let hashed = format!("{},{rest}", hash_entry(token));
-        let again = TokenTable::parse(hashed.as_bytes()).expect("the hashed row parses too");
-        assert_eq!(
-            again.lookup(&Digest::of(token.as_bytes())).map(|e| &**e),
-            Some(&**entry)
-        );
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));

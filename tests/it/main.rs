@@ -13,6 +13,7 @@ mod cli;
 mod deploy;
 mod e2e;
 mod errors;
+mod fuzz_corpus;
 mod hostile;
 mod introspection;
 mod jwt;
