@@ -3,7 +3,7 @@
 (heap allocations) on the real release binaries, tokenhook beside the floor server.
 
 Usage (from the repository root):
-    python3 benches/load/profile.py [--scenario hit|miss|rs256|es256|eddsa] [--top 25] [--h2]
+    python3 benches/load/profile.py [--scenario hit|miss|rs256|es256|eddsa|upstream] [--top 25] [--h2]
                                     [--instructions-only | --cachegrind [--ll SIZE,WAYS,LINE]]
                                     [--generator oha|h2load] [--log-level FILTER]
 
@@ -11,7 +11,12 @@ Each server runs under valgrind twice, answering N1 and then N2 identical reques
 (or h2load: --generator h2load) over keep-alive HTTP/1.1 (or HTTP/2: --h2);
 (total(N2) - total(N1)) / (N2 - N1) is the cost of one request with start-up, TLS
 handshakes and shutdown cancelled out. Allocations are counted at 1 and at 16 connections: equal counts mean nothing on the path grows with concurrency. For the JWT
-scenarios the floor also verifies the signature with raw aws-lc-rs. Last come the
+scenarios the floor also verifies the signature with raw aws-lc-rs. In the `upstream` scenario
+(the load harness's scenario f: a cache miss through a `tokenreview` verifier) the server
+counted is the front, a tokenhook with no cache whose chain is one `tokenreview` verifier
+calling an upstream tokenhook (no cache, one static verifier; run normally, not under
+valgrind), and the floor is the floor server forwarding each review to the same upstream
+(benches/floor.rs --upstream): the least a webhook in front of another can do. Last come the
 functions whose own instructions per request differ most between tokenhook and the floor.
 Instruction counts do not depend on what else the machine is doing. --instructions-only
 skips the allocation counts.
@@ -186,7 +191,7 @@ def per_request_by_function(outs):
 def main():
     global H2, LL
     ap = argparse.ArgumentParser()
-    ap.add_argument("--scenario", default="hit", choices=["hit", "miss", "rs256", "es256", "eddsa"])
+    ap.add_argument("--scenario", default="hit", choices=["hit", "miss", "rs256", "es256", "eddsa", "upstream"])
     ap.add_argument("--top", type=int, default=25)
     ap.add_argument("--h2", action="store_true", help="HTTP/2 (4 streams per connection) instead of HTTP/1.1")
     ap.add_argument("--instructions-only", action="store_true", help="callgrind only, no DHAT runs")
@@ -203,14 +208,21 @@ def main():
     st = run.Setup()
     path = "/apis/authentication.k8s.io/v1/tokenreviews"
     alg = None
+    upstream = None
     if a.scenario in ("hit", "miss"):
         body, kw = run.review(st.alice), dict(cache=a.scenario == "hit")
+    elif a.scenario == "upstream":
+        path, body, kw = "/authenticate", run.review(st.alice), dict(cache=False)
+        up_cfg, up_port = st.config("profile-upstream", cache=False, log_level=a.log_level)
+        upstream = run.Server([st.tokenhook, "serve", "--config", up_cfg], up_port)
+        kubeconfig = st.webhook_kubeconfig("profile-upstream", f"https://127.0.0.1:{up_port}{path}")
     else:
         alg = {"rs256": "RS256", "es256": "ES256", "eddsa": "EdDSA"}[a.scenario]
         body, kw = run.review(st.jwts[alg][1]), dict(cache=False, jwt=True)
 
     def tokenhook(port):
-        cfg, _ = st.config(f"profile-{port}", log_level=a.log_level, **kw)
+        extra = dict(upstream=kubeconfig) if upstream else {}
+        cfg, _ = st.config(f"profile-{port}", log_level=a.log_level, **kw, **extra)
         # The config picked its own port; point it at ours.
         text = open(cfg).read()
         text = re.sub(r'listen = "127.0.0.1:\d+"', f'listen = "127.0.0.1:{port}"', text)
@@ -219,11 +231,14 @@ def main():
 
     rows = {}
     # The floor answers with the status tokenhook gives, so both write the same bytes.
-    status = st.status_file("profile", kw, body)
+    status = None if upstream else st.status_file("profile", kw, body)
 
     # For JWT misses the floor also checks the signature with raw aws-lc-rs (--verify): the
     # difference is then what tokenhook adds beyond TLS, HTTP, JSON and the signature itself.
     def floor(port):
+        if upstream:
+            return st.floor_argv(port) + ["--upstream", f"https://127.0.0.1:{upstream.port}{path}",
+                                          "--upstream-ca", os.path.join(st.dev, "ca.crt")]
         return st.floor_argv(port, verify=alg, status=status)
 
     if a.cachegrind:
@@ -233,19 +248,22 @@ def main():
         cachegrind_report(th, fl, th_outs, fl_outs, a.top)
         if a.keep:
             subprocess.run(["cp", th_outs[1], a.keep], check=True)
+        if upstream:
+            upstream.stop()
         subprocess.run(["rm", "-rf", st.work])
         return
-    rows["floor instructions"], floor_outs = per_request("callgrind", floor, 1, path, body, st.work, "floor", oha)
+    fl_name = "forwarding floor" if upstream else "floor"
+    rows[f"{fl_name} instructions"], floor_outs = per_request("callgrind", floor, 1, path, body, st.work, "floor", oha)
     rows["tokenhook instructions"], th_outs = per_request("callgrind", tokenhook, 1, path, body, st.work, "tokenhook", oha)
     if not a.instructions_only:
-        rows["floor allocations, 1 connection"], _ = per_request("dhat", floor, 1, path, body, st.work, "floor", oha)
+        rows[f"{fl_name} allocations, 1 connection"], _ = per_request("dhat", floor, 1, path, body, st.work, "floor", oha)
         rows["tokenhook allocations, 1 connection"], _ = per_request("dhat", tokenhook, 1, path, body, st.work, "tokenhook", oha)
         rows["tokenhook allocations, 16 connections"], _ = per_request("dhat", tokenhook, 16, path, body, st.work, "tokenhook16", oha)
 
     print(f"scenario {a.scenario}: cost of one request (N={N2}-{N1}, keep-alive {'HTTP/2' if H2 else 'HTTP/1.1'})")
     for k, v in rows.items():
         print(f"  {k:40s} {v:12.1f}")
-    print(f"  {'instruction ratio tokenhook/floor':40s} {rows['tokenhook instructions'] / rows['floor instructions']:12.2f}")
+    print(f"  {'instruction ratio tokenhook/floor':40s} {rows['tokenhook instructions'] / rows[f'{fl_name} instructions']:12.2f}")
     # Per function and per request, as the totals: (N2 run - N1 run) / (N2 - N1).
     th, fl = per_request_by_function(th_outs), per_request_by_function(floor_outs)
     print(f"\nfunctions by own instructions per request: tokenhook, floor, difference (largest differences first)")
@@ -254,6 +272,8 @@ def main():
         print(f"  {t:9.0f} {f:9.0f} {t - f:+9.0f}  {name[:140]}")
     if a.keep:
         subprocess.run(["cp", th_outs[1], a.keep], check=True)
+    if upstream:
+        upstream.stop()
     subprocess.run(["rm", "-rf", st.work])
 
 

@@ -500,18 +500,31 @@ def upstream_miss(st, a, tools, wanted, gen_versions):
                 front_cfg, front_port = st.config("f-front", cache=False, log_level=a.log_level, upstream=kubeconfig)
                 front = Server([st.tokenhook, "serve", "--config", front_cfg], front_port)
                 row["front"] = measure(f"{UPSTREAM_MISS} ({gen}): front", front, front_port, path, body, [], load(front_port), behind=up)
+                rss = front.stop()
+                front_ready_ms, front = front.ready_ms, None
+                # The floor of forwarding: the floor server, forwarding each review's spec to the
+                # same upstream and answering its status unparsed (benches/floor.rs --upstream).
+                fl_port = free_port()
+                floor = Server(st.floor_argv(fl_port) + ["--upstream", f"https://127.0.0.1:{up_port}{path}",
+                                                         "--upstream-ca", os.path.join(st.dev, "ca.crt")], fl_port)
+                try:
+                    row["floor_front"] = measure(f"{UPSTREAM_MISS} ({gen}): floor forwarding", floor, fl_port, path, body, [], load(fl_port), behind=up)
+                finally:
+                    floor.stop()
             finally:
                 if front:
                     rss = front.stop()
                 up.stop()
-            row["front"].update(peak_rss_mib=round(rss / 1024, 1), ready_ms=round(front.ready_ms, 1))
-            u, f = row["upstream"], row["front"]
+            row["front"].update(peak_rss_mib=round(rss / 1024, 1), ready_ms=round(front_ready_ms, 1))
+            u, f, ff = row["upstream"], row["front"], row["floor_front"]
             row["added_p50_us"] = (f["p50_ms"] - u["p50_ms"]) * 1000
             row["added_p99_us"] = (f["p99_ms"] - u["p99_ms"]) * 1000
+            row["floor_added_p50_us"] = (ff["p50_ms"] - u["p50_ms"]) * 1000
             rows.append(row)
             print(f"{UPSTREAM_MISS} c={conns} [{gen}]: upstream p50 {u['p50_ms'] * 1000:.0f} µs {u['rps']:.0f}/s, "
                   f"through the front p50 {f['p50_ms'] * 1000:.0f} µs {f['rps']:.0f}/s: added {row['added_p50_us']:.0f} µs "
-                  f"(target ≤ 50 at 1 connection), front CPU/request {f['cpu_us_per_request']:.1f} µs", file=sys.stderr)
+                  f"(target ≤ 50 at 1 connection; the forwarding floor adds {row['floor_added_p50_us']:.0f}), "
+                  f"front CPU/request {f['cpu_us_per_request']:.1f} µs (forwarding floor {ff['cpu_us_per_request']:.1f})", file=sys.stderr)
     return rows
 
 
@@ -633,13 +646,14 @@ def main():
         table(results)
     if through:
         print()
-        print("| f: miss through an upstream | conns | generator | upstream req/s | through front req/s | upstream p50 / p99 µs "
-              "| through front p50 / p99 µs | added p50 µs (target ≤ 50 at 1 conn) | front CPU µs/req | upstream CPU µs/req (direct / behind front) |")
+        print("| f: miss through an upstream | conns | generator | upstream req/s | through front (forwarding floor) req/s | upstream p50 / p99 µs "
+              "| through front p50 / p99 µs | added p50 µs, front (forwarding floor) | front CPU µs/req (forwarding floor) | upstream CPU µs/req (direct / behind front) |")
         print("|---|---|---|---|---|---|---|---|---|---|")
         for r in through:
-            u, f = r["upstream"], r["front"]
-            print(f"| | {r['connections']} | {r['generator']} | {u['rps']:.0f} | {f['rps']:.0f} | {u['p50_ms'] * 1000:.0f} / {u['p99_ms'] * 1000:.0f} "
-                  f"| {f['p50_ms'] * 1000:.0f} / {f['p99_ms'] * 1000:.0f} | {r['added_p50_us']:.0f} | {f['cpu_us_per_request']:.1f} "
+            u, f, ff = r["upstream"], r["front"], r["floor_front"]
+            print(f"| | {r['connections']} | {r['generator']} | {u['rps']:.0f} | {f['rps']:.0f} ({ff['rps']:.0f}) | {u['p50_ms'] * 1000:.0f} / {u['p99_ms'] * 1000:.0f} "
+                  f"| {f['p50_ms'] * 1000:.0f} / {f['p99_ms'] * 1000:.0f} | {r['added_p50_us']:.0f} ({r['floor_added_p50_us']:.0f}) "
+                  f"| {f['cpu_us_per_request']:.1f} ({ff['cpu_us_per_request']:.1f}) "
                   f"| {u['cpu_us_per_request']:.1f} / {f['behind_cpu_us_per_request']:.1f} |")
     shutil.rmtree(work, ignore_errors=True)
 
