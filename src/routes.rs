@@ -124,7 +124,7 @@ fn request_id() -> String {
 
 /// The span that every line written while serving a request carries: its id.
 pub fn request_span(id: &str) -> tracing::Span {
-    tracing::info_span!("request", id = %id)
+    tracing::info_span!("request", id)
 }
 
 /// Serves one request; never fails (every failure is a `Status` response). Every log line

@@ -482,13 +482,21 @@ impl TokenReview {
             reason,
         };
         let deadline = Instant::now() + inner.settings.timeout;
-        let body = serde_json::to_vec(&serde_json::json!({
-            "apiVersion": inner.settings.version.as_str(),
-            "kind": "TokenReview",
-            "metadata": {"creationTimestamp": null},
-            "spec": {"token": token.expose(), "audiences": audiences},
-        }))
-        .map_err(|e| unavailable(format!("encoding the review: {e}")))?;
+        // Encoded once (each retry sends the same bytes), straight from borrowed fields.
+        let body = bytes::Bytes::from(
+            serde_json::to_vec(&Ask {
+                api_version: inner.settings.version.as_str(),
+                kind: "TokenReview",
+                metadata: AskMeta {
+                    creation_timestamp: (),
+                },
+                spec: AskSpec {
+                    token: token.expose(),
+                    audiences,
+                },
+            })
+            .map_err(|e| unavailable(format!("encoding the review: {e}")))?,
+        );
         let backoff = Backoff::default();
         let mut attempt = 0;
         loop {
@@ -623,6 +631,30 @@ impl TokenReview {
 /// Classifies one call as kube's webhook client would: which answers are usable, which
 /// failures it retries (`DefaultShouldRetry`: connection reset, 500, 504, 429, or a
 /// `Retry-After`).
+/// The review sent upstream, as kube-apiserver's webhook client encodes it: Go's zero
+/// `ObjectMeta` (`"creationTimestamp":null`) and `audiences` omitted when empty.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Ask<'a> {
+    api_version: &'a str,
+    kind: &'static str,
+    metadata: AskMeta,
+    spec: AskSpec<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct AskMeta {
+    creation_timestamp: (),
+}
+
+#[derive(Serialize)]
+struct AskSpec<'a> {
+    token: &'a str,
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    audiences: &'a [String],
+}
+
 fn judge_answer(answer: Result<Answer, OutboundError>, version: ApiVersion) -> Step {
     let a = match answer {
         Ok(a) => a,
