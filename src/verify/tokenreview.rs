@@ -628,9 +628,6 @@ impl TokenReview {
     }
 }
 
-/// Classifies one call as kube's webhook client would: which answers are usable, which
-/// failures it retries (`DefaultShouldRetry`: connection reset, 500, 504, 429, or a
-/// `Retry-After`).
 /// The review sent upstream, as kube-apiserver's webhook client encodes it: Go's zero
 /// `ObjectMeta` (`"creationTimestamp":null`) and `audiences` omitted when empty.
 #[derive(Serialize)]
@@ -655,6 +652,9 @@ struct AskSpec<'a> {
     audiences: &'a [String],
 }
 
+/// Classifies one call as kube's webhook client would: which answers are usable, which
+/// failures it retries (`DefaultShouldRetry`: connection reset, 500, 504, 429, or a
+/// `Retry-After`).
 fn judge_answer(answer: Result<Answer, OutboundError>, version: ApiVersion) -> Step {
     let a = match answer {
         Ok(a) => a,
