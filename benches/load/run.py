@@ -26,7 +26,10 @@ Scenario f measures a cache miss that goes to an upstream verifier: a second tok
 static verifier, no cache) as the upstream, called directly, then through a front tokenhook
 (no cache, one `tokenreview` verifier pointing at the upstream), both on core 0, with the
 same TokenReview body, at 1 connection (latency) and 16. The front's p50 minus the
-upstream's is what tokenhook adds per miss (issue 14's target: at most 50 µs).
+upstream's is what tokenhook adds per miss (issue 14's target: at most 50 µs). Then the
+forwarding floor (benches/floor.rs --upstream: the floor server POSTing each review's spec to
+the same upstream and answering its status unparsed) in the front's place: what the hop
+itself adds on this machine, which tokenhook's added latency and CPU are read against.
 """
 import argparse, base64, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
 
@@ -479,7 +482,8 @@ def upstream_miss(st, a, tools, wanted, gen_versions):
     the switches between the two processes a miss makes, and at 16 connections the two share
     one core's throughput, so the front's CPU per request is reported separately. The front
     reaches the upstream over HTTP/2 (its outbound client offers h2 first), the generators
-    over HTTP/1.1: the upstream's CPU per request behind the front shows what that costs it."""
+    over HTTP/1.1: the upstream's CPU per request behind the front shows what that costs it.
+    Last, the forwarding floor in the front's place, against the same upstream."""
     path, body = "/authenticate", review(st.alice)
     rows = []
     for gen in wanted:
