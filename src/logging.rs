@@ -200,32 +200,26 @@ impl Visit for JsonObject<'_, '_> {
     }
 }
 
-/// `s` as a JSON string, escaped as `serde_json` escapes it.
+/// `s` as a JSON string, escaped by `serde_json` itself.
 fn json_string(w: &mut Writer<'_>, s: &str) -> fmt::Result {
-    w.write_char('"')?;
-    let mut plain = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escape = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..=0x1f => "",
-            _ => continue,
-        };
-        w.write_str(s.get(plain..i).unwrap_or_default())?;
-        plain = i + 1;
-        if escape.is_empty() {
-            write!(w, "\\u{b:04x}")?;
-        } else {
-            w.write_str(escape)?;
-        }
+    serde_json::to_writer(Utf8Sink(w), s).map_err(|_| fmt::Error)
+}
+
+/// The span buffer as the `io::Write` serde_json writes into; serde_json writes whole UTF-8
+/// runs (it splits a string only at the ASCII bytes it escapes).
+struct Utf8Sink<'a, 'w>(&'a mut Writer<'w>);
+
+impl std::io::Write for Utf8Sink<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let text = std::str::from_utf8(buf)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+        self.0.write_str(text).map_err(std::io::Error::other)?;
+        Ok(buf.len())
     }
-    w.write_str(s.get(plain..).unwrap_or_default())?;
-    w.write_char('"')
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Log lines dropped so far because the writer's queue was full (0 before [`init`]).
