@@ -25,10 +25,12 @@ pub enum Media {
 /// # Errors
 /// A type not in `accepted`.
 pub fn media_type(headers: &HeaderMap, accepted: &[Media]) -> Result<Media, Status> {
-    let media = match headers.get(CONTENT_TYPE).map(|v| v.to_str()) {
+    let media = match headers.get(CONTENT_TYPE) {
         None => Some(Media::Json),
-        Some(Err(_)) => None,
-        Some(Ok(v)) => {
+        // What kube-apiserver's webhook client and kubectl send, matched before any parsing
+        // (parsing it cost about 400 instructions per review, issue 12).
+        Some(v) if v.as_bytes() == b"application/json" => Some(Media::Json),
+        Some(v) => v.to_str().ok().and_then(|v| {
             let t = v.split(';').next().unwrap_or("").trim();
             if t.is_empty() || t.eq_ignore_ascii_case("application/json") {
                 Some(Media::Json)
@@ -37,7 +39,7 @@ pub fn media_type(headers: &HeaderMap, accepted: &[Media]) -> Result<Media, Stat
             } else {
                 None
             }
-        }
+        }),
     };
     media.filter(|m| accepted.contains(m)).ok_or_else(|| {
         let names: Vec<&str> = accepted
