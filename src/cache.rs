@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
@@ -226,18 +227,73 @@ impl VerdictCache {
                 if let Some(hit) = cache.get(&key).await {
                     return Ok((hit, true));
                 }
-                // Boxed: moka's insertion future is large and only misses need it.
-                let entry = Box::pin(cache.entry(key).or_try_insert_with(verify())).await?;
-                let hit = !entry.is_fresh();
-                if !hit && !entry.value().bound.is_empty() {
-                    let mut index = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
-                    for b in &entry.value().bound {
-                        index.entry(b.uid.clone()).or_default().insert(key);
-                    }
-                }
-                Ok((entry.into_value(), hit))
+                self.insert_verified(cache, key, verify).await
             }
         }
+    }
+
+    /// Whether verdicts are cached at all.
+    pub fn is_enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// The verdict cached under `key`, found without waiting: `None` when there is none, or
+    /// in the rare case that moka's read would have had to wait (its bookkeeping shares a
+    /// lock with its maintenance), and then the caller goes on as on a miss:
+    /// [`VerdictCache::verify_missing`] finds a verdict stored meanwhile. A hit is then
+    /// answered in the request's first poll (`review::first`).
+    pub fn peek(&self, key: &Key) -> Option<Arc<Cached>> {
+        let cache = self.inner.as_ref()?;
+        let get = std::pin::pin!(cache.get(key));
+        match get.poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(found) => found,
+            // Dropping moka's read midway is safe: it completes an interrupted read's
+            // bookkeeping on a later call (`retry_interrupted_ops`).
+            Poll::Pending => None,
+        }
+    }
+
+    /// After [`VerdictCache::peek`] found nothing under `key`: the result of the future
+    /// `verify` makes, which runs at most once for concurrent callers of one key, stored.
+    /// Returns whether the verdict was another caller's after all (stored since the peek).
+    ///
+    /// # Errors
+    /// `verify`'s error, shared by every coalesced caller and never cached.
+    pub async fn verify_missing<F, Fut>(
+        &self,
+        key: Key,
+        verify: F,
+    ) -> Result<(Arc<Cached>, bool), Arc<VerifyError>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Arc<Cached>, VerifyError>>,
+    {
+        match &self.inner {
+            None => verify().await.map(|c| (c, false)).map_err(Arc::new),
+            Some(cache) => self.insert_verified(cache, key, verify).await,
+        }
+    }
+
+    async fn insert_verified<F, Fut>(
+        &self,
+        cache: &Cache<Key, Arc<Cached>, Hasher>,
+        key: Key,
+        verify: F,
+    ) -> Result<(Arc<Cached>, bool), Arc<VerifyError>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Arc<Cached>, VerifyError>>,
+    {
+        // Boxed: moka's insertion future is large and only misses need it.
+        let entry = Box::pin(cache.entry(key).or_try_insert_with(verify())).await?;
+        let hit = !entry.is_fresh();
+        if !hit && !entry.value().bound.is_empty() {
+            let mut index = self.bound.lock().unwrap_or_else(PoisonError::into_inner);
+            for b in &entry.value().bound {
+                index.entry(b.uid.clone()).or_default().insert(key);
+            }
+        }
+        Ok((entry.into_value(), hit))
     }
 
     /// Drops every verdict (a source changed: a removed token must stop working now).

@@ -1,6 +1,7 @@
 //! TokenReview: decode (with fieldValidation), cache, chain, audiences, encode — kube-apiserver's semantics.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,14 +10,14 @@ use hyper::body::Incoming;
 use tracing::Instrument;
 
 use crate::app::App;
-use crate::cache::{Cached, VerdictCache};
+use crate::cache::{Cached, Key, VerdictCache};
 use crate::k8s::Status;
 use crate::k8s::codec::{self, DecodeError, FieldValidation};
 use crate::k8s::protobuf;
 use crate::k8s::query::CreateOptions;
 use crate::k8s::token_review::{ApiVersion, TokenReview, TokenReviewStatus};
 use crate::server::ConnInfo;
-use crate::server::body::{self, Media};
+use crate::server::body::{self, Arrived, Media};
 use crate::server::http_error::{Body, json, status_response};
 use crate::verify::{Outcome, Token, VerifyError};
 
@@ -69,107 +70,194 @@ macro_rules! logged {
     };
 }
 
+/// What the first poll of a TokenReview POST came to.
+pub enum First {
+    /// The answer, made in that poll: the body had arrived with the head and the verdict was
+    /// cached, or the request was refused before anything had to be waited for.
+    Done(Response<Body>),
+    /// The rest of the review, to await: the body is still arriving, the verdict has to be
+    /// decided (a miss), or a cached one checked against cluster objects.
+    Wait(Pin<Box<dyn Future<Output = Response<Body>> + Send>>),
+}
+
 /// Answers one TokenReview POST. `default_version` is the path's, used when the body names none.
-///
-/// A plain function returning an `async move` block (not an `async fn`, which keeps a
-/// second copy of the request in its state, rust-lang/rust#62958); the request's parts live
-/// in an inner block that ends before the cache lookup, so that the lookup's state does not
-/// carry them (issue 12: every byte of this future is copied into its box per request).
-#[allow(clippy::manual_async_fn)]
-pub fn handle<'a>(
-    app: &'a Arc<App>,
-    conn: &'a ConnInfo,
+pub async fn handle(
+    app: &Arc<App>,
+    conn: &ConnInfo,
     req: Request<Incoming>,
     default_version: ApiVersion,
-    arrival: Arrival<'a>,
-) -> impl Future<Output = Response<Body>> + Send + 'a {
-    async move {
-        let Arrival {
-            started,
-            pretty_hint,
-            id,
-        } = arrival;
-        let (body, options) = {
-            if let Err(st) =
-                app.callers
-                    .check(conn.client_cert.as_ref(), req.headers(), "tokenreviews")
-            {
-                logged!(id, tracing::Level::INFO, peer = %conn.peer, code = st.code, "caller refused");
-                return status_response(&st, pretty_hint);
-            }
-            let (parts, body) = req.into_parts();
-            // kube-apiserver's order: media type, body size, query options, decode.
-            if let Err(st) = body::media_type(&parts.headers, &[Media::Json]) {
-                return status_response(&st, pretty_hint);
-            }
-            let body = match body::read(&app.config.limits, body).await {
-                Ok(b) => b,
-                Err(st) => return status_response(&st, pretty_hint),
-            };
-            match CreateOptions::parse(parts.uri.query()) {
-                Ok(o) => (body, o),
-                Err(st) => return status_response(&st, pretty_hint),
-            }
-        };
-        let pretty = options.pretty.unwrap_or(pretty_hint);
-        let (review, version, warnings) =
-            match decode(&body, default_version, options.field_validation) {
-                Ok(d) => d,
-                Err(st) => return status_response(&st, pretty),
-            };
-        drop(body);
-        answer(
-            app, review, version, warnings, &options, pretty, started, id,
-        )
-        .await
+    arrival: Arrival<'_>,
+) -> Response<Body> {
+    match first(app, conn, req, default_version, arrival) {
+        First::Done(r) => r,
+        First::Wait(rest) => rest.await,
     }
 }
 
-/// The review's answer, from the cache or the chain (an `async move` block for the reason
-/// `handle` is one).
-#[allow(clippy::too_many_arguments)]
-#[allow(clippy::manual_async_fn)]
-fn answer<'a>(
-    app: &'a Arc<App>,
-    mut review: TokenReview,
+/// A TokenReview POST up to its first wait, and without one when it can: run in the first
+/// poll of the request's future, by when hyper has handed over the body that came with the
+/// head, a cache hit is answered in one pass. Only what has to wait becomes a future (issue
+/// 12: the state of a review written as one `async` block was 2.4 KiB, boxed and copied per
+/// request, and the decoded review was moved through three nested futures).
+pub fn first(
+    app: &Arc<App>,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    default_version: ApiVersion,
+    arrival: Arrival<'_>,
+) -> First {
+    let Arrival {
+        started,
+        pretty_hint,
+        id,
+    } = arrival;
+    if let Err(st) = app
+        .callers
+        .check(conn.client_cert.as_ref(), req.headers(), "tokenreviews")
+    {
+        logged!(id, tracing::Level::INFO, peer = %conn.peer, code = st.code, "caller refused");
+        return First::Done(status_response(&st, pretty_hint));
+    }
+    let (parts, mut body) = req.into_parts();
+    // kube-apiserver's order: media type, body size, query options, decode.
+    if let Err(st) = body::media_type(&parts.headers, &[Media::Json]) {
+        return First::Done(status_response(&st, pretty_hint));
+    }
+    let bytes = match body::read_now(&app.config.limits, &mut body) {
+        Arrived::Whole(Ok(b)) => b,
+        Arrived::Whole(Err(st)) => return First::Done(status_response(&st, pretty_hint)),
+        Arrived::Part(part) => {
+            let (app, id) = (app.clone(), id.to_owned());
+            return First::Wait(Box::pin(async move {
+                let bytes = match body::read_rest(&app.config.limits, body, part).await {
+                    Ok(b) => b,
+                    Err(st) => return status_response(&st, pretty_hint),
+                };
+                match prepare(parts.uri.query(), &bytes, default_version, pretty_hint) {
+                    Ok(review) => rest(app, review, Lookup::Fresh, started, id).await,
+                    Err(r) => r,
+                }
+            }));
+        }
+    };
+    let review = match prepare(parts.uri.query(), &bytes, default_version, pretty_hint) {
+        Ok(r) => r,
+        Err(r) => return First::Done(r),
+    };
+    drop((parts, body, bytes));
+    if !app.cache.is_enabled() {
+        return First::Wait(Box::pin(rest(
+            app.clone(),
+            review,
+            Lookup::Fresh,
+            started,
+            id.to_owned(),
+        )));
+    }
+    let key = VerdictCache::key(&review.token, &review.review.spec.audiences);
+    let lookup = match app.cache.peek(&key) {
+        Some(cached) if cached.bound.is_empty() => {
+            app.metrics.cache_lookup(true);
+            return First::Done(respond(app, review, &cached, true, started, id));
+        }
+        Some(cached) => Lookup::Found(cached),
+        None => Lookup::Missed(key),
+    };
+    First::Wait(Box::pin(rest(
+        app.clone(),
+        review,
+        lookup,
+        started,
+        id.to_owned(),
+    )))
+}
+
+/// A decoded review, its token taken out (with its digest, computed once for the cache key,
+/// the verifiers and log lines) and put back in for the echo: no copy of the token.
+struct Prepared {
+    review: TokenReview,
+    token: Token,
     version: ApiVersion,
     warnings: Vec<String>,
-    options: &'a CreateOptions,
+    options: CreateOptions,
     pretty: bool,
-    started: Instant,
-    id: &'a str,
-) -> impl Future<Output = Response<Body>> + Send + 'a {
-    async move {
-        if review.spec.token.is_empty() {
-            return status_response(
-                &Status::bad_request("token is required for TokenReview in authentication"),
-                pretty,
-            );
-        }
+}
 
-        // Moved out for the verifiers and back in for the echo: no copy of the token.
-        let token = Token::new(std::mem::take(&mut review.spec.token));
-        let verdict = app
-            .cache
-            // Boxed: the verification future (issuer fetches, TLS clients…) is large, and inline
-            // it would make every request's future as large (9 KiB, moved several times per
-            // HTTP/2 stream); a hit never builds it.
-            .get_or_verify(
-                || VerdictCache::key(&token, &review.spec.audiences),
-                || {
-                    Box::pin(
-                        decide(app, &token, &review.spec.audiences)
-                            .instrument(crate::routes::request_span(id)),
-                    )
-                },
-            )
-            .await;
+/// Query options, then the body decoded and checked; a refusal is the response to send.
+// The response (144 bytes) is smaller than the review it stands in for.
+#[allow(clippy::result_large_err)]
+fn prepare(
+    query: Option<&str>,
+    body: &[u8],
+    default_version: ApiVersion,
+    pretty_hint: bool,
+) -> Result<Prepared, Response<Body>> {
+    let options = CreateOptions::parse(query).map_err(|st| status_response(&st, pretty_hint))?;
+    let pretty = options.pretty.unwrap_or(pretty_hint);
+    let (mut review, version, warnings) = decode(body, default_version, options.field_validation)
+        .map_err(|st| status_response(&st, pretty))?;
+    if review.spec.token.is_empty() {
+        return Err(status_response(
+            &Status::bad_request("token is required for TokenReview in authentication"),
+            pretty,
+        ));
+    }
+    let token = Token::new(std::mem::take(&mut review.spec.token));
+    Ok(Prepared {
+        review,
+        token,
+        version,
+        warnings,
+        options,
+        pretty,
+    })
+}
+
+/// What [`first`] learnt of the cache.
+enum Lookup {
+    /// Nothing yet (the body came late, or there is no cache).
+    Fresh,
+    /// No verdict under this key when it looked.
+    Missed(Key),
+    /// This verdict, which depends on cluster objects.
+    Found(Arc<Cached>),
+}
+
+/// The review from the cache lookup on: the verdict decided on a miss (once for concurrent
+/// callers), checked against the cluster objects it depends on, answered.
+///
+/// A plain function returning an `async move` block, not an `async fn`, which would keep a
+/// second copy of the review in its state (rust-lang/rust#62958).
+#[allow(clippy::manual_async_fn)]
+fn rest(
+    app: Arc<App>,
+    review: Prepared,
+    lookup: Lookup,
+    started: Instant,
+    id: String,
+) -> impl Future<Output = Response<Body>> + Send {
+    async move {
+        let (token, audiences) = (&review.token, &review.review.spec.audiences);
+        // Boxed: the verification future (issuer fetches, TLS clients…) is large, and only a miss
+        // builds it.
+        let verify = || {
+            Box::pin(decide(&app, token, audiences).instrument(crate::routes::request_span(&id)))
+        };
+        let verdict = match lookup {
+            Lookup::Found(cached) => Ok((cached, true)),
+            Lookup::Missed(key) => app.cache.verify_missing(key, verify).await,
+            Lookup::Fresh => {
+                app.cache
+                    .get_or_verify(|| VerdictCache::key(token, audiences), verify)
+                    .await
+            }
+        };
         let (mut cached, hit) = match verdict {
             Ok(v) => v,
             Err(e) => {
                 app.metrics.review("none", "error");
                 logged!(
-                    id,
+                    &id,
                     tracing::Level::WARN,
                     token = %token.digest().fingerprint(),
                     error = %e,
@@ -180,7 +268,7 @@ fn answer<'a>(
                     "the token could not be checked right now; retry",
                     RETRY_AFTER_SECONDS,
                 );
-                return status_response(&st, pretty);
+                return status_response(&st, review.pretty);
             }
         };
         app.metrics.cache_lookup(hit);
@@ -197,16 +285,13 @@ fn answer<'a>(
                     .saturating_sub(crate::mint::issuer::LEEWAY_SECONDS),
             )
         {
-            // Boxed: rare, and moka's invalidation future would otherwise enlarge every review's.
-            let key = VerdictCache::key(&token, &review.spec.audiences);
-            let invalidated = Box::pin(
-                app.cache
-                    .invalidate(&key)
-                    .instrument(crate::routes::request_span(id)),
-            );
-            invalidated.await;
+            let key = VerdictCache::key(token, audiences);
+            app.cache
+                .invalidate(&key)
+                .instrument(crate::routes::request_span(&id))
+                .await;
             logged!(
-                id,
+                &id,
                 tracing::Level::INFO,
                 token = %token.digest().fingerprint(),
                 "cached verdict refers to a deleted or replaced object"
@@ -223,54 +308,75 @@ fn answer<'a>(
                             "the token could not be checked right now; retry",
                             RETRY_AFTER_SECONDS,
                         ),
-                        pretty,
+                        review.pretty,
                     );
                 }
             }
         }
-        let outcome = if cached.authenticated {
-            "authenticated"
-        } else {
-            "unauthenticated"
-        };
-        app.metrics.review(cached.verifier, outcome);
-        // One line per review: at debug when the token was accepted (the common case, counted
-        // by `tokenhook_reviews_total`; at info it cost a third of the cache-hit throughput,
-        // issue 12), at info when it was not, so that refusals stay visible by default.
-        macro_rules! review_line {
-            ($level:expr) => {
-                logged!(
-                    id,
-                    $level,
-                    api_version = version.as_str(),
-                    verifier = cached.verifier,
-                    outcome,
-                    cache = if hit { "hit" } else { "miss" },
-                    token = %token.digest().fingerprint(),
-                    latency_us = started.elapsed().as_micros() as u64,
-                    dry_run = options.dry_run,
-                    "review"
-                )
-            };
-        }
-        if cached.authenticated {
-            review_line!(tracing::Level::DEBUG);
-        } else {
-            review_line!(tracing::Level::INFO);
-        }
-
-        review.spec.token = token.into_raw();
-        // The cached status is compact JSON, written as it is; a pretty answer decodes it again
-        // so that it is indented like the rest.
-        let decoded = if pretty { cached.status().ok() } else { None };
-        let out = match decoded {
-            Some(status) => codec::encode(&review.respond(version, &status), true),
-            None => codec::encode(&review.respond(version, cached.status_json()), pretty),
-        };
-        let mut r = json(StatusCode::CREATED, out);
-        body::add_warnings(&mut r, &warnings);
-        r
+        respond(&app, review, &cached, hit, started, &id)
     }
+}
+
+/// The answer to a review with its verdict: counted, logged when it says no (or at debug),
+/// and written with the token echoed back.
+fn respond(
+    app: &App,
+    review: Prepared,
+    cached: &Cached,
+    hit: bool,
+    started: Instant,
+    id: &str,
+) -> Response<Body> {
+    let Prepared {
+        mut review,
+        token,
+        version,
+        warnings,
+        options,
+        pretty,
+    } = review;
+    let outcome = if cached.authenticated {
+        "authenticated"
+    } else {
+        "unauthenticated"
+    };
+    app.metrics.review(cached.verifier, outcome);
+    // One line per review: at debug when the token was accepted (the common case, counted
+    // by `tokenhook_reviews_total`; at info it cost a third of the cache-hit throughput,
+    // issue 12), at info when it was not, so that refusals stay visible by default.
+    macro_rules! review_line {
+        ($level:expr) => {
+            logged!(
+                id,
+                $level,
+                api_version = version.as_str(),
+                verifier = cached.verifier,
+                outcome,
+                cache = if hit { "hit" } else { "miss" },
+                token = %token.digest().fingerprint(),
+                latency_us = started.elapsed().as_micros() as u64,
+                dry_run = options.dry_run,
+                "review"
+            )
+        };
+    }
+    if cached.authenticated {
+        review_line!(tracing::Level::DEBUG);
+    } else {
+        review_line!(tracing::Level::INFO);
+    }
+
+    review.spec.token = token.into_raw();
+    // The cached status is compact JSON, written as it is; a pretty answer decodes it again
+    // so that it is indented like the rest.
+    let decoded = if pretty { cached.status().ok() } else { None };
+    let out = match decoded {
+        Some(status) => codec::encode(&review.respond(version, &status), true),
+        None => codec::encode(&review.respond(version, cached.status_json()), pretty),
+    };
+    let mut r = json(StatusCode::CREATED, out);
+    body::add_warnings(&mut r, &warnings);
+    r
 }
 
 /// `POST /apis/authentication.k8s.io/v1/selfsubjectreviews`: who the caller is, as
