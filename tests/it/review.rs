@@ -193,10 +193,62 @@ async fn cache_hit_does_not_run_the_chain_again() {
     c.review("unknown", &[]).await;
     c.review("unknown", &[]).await;
     assert_eq!(calls().await, 3.0);
+    // One lookup counted per review: the three that ran the chain, and six hits.
+    assert_eq!(
+        s.metric("tokenhook_cache_requests_total", "result=\"miss\"")
+            .await,
+        3.0
+    );
+    assert_eq!(
+        s.metric("tokenhook_cache_requests_total", "result=\"hit\"")
+            .await,
+        6.0
+    );
     assert_eq!(
         s.metric("tokenhook_reviews_total", "outcome=\"authenticated\"")
             .await,
         7.0
+    );
+}
+
+/// A review whose body arrives in two pieces a moment apart (HTTP/1.1 chunked, HTTP/2 with no
+/// length) is answered as one that came whole: a miss through the chain, then a hit.
+#[tokio::test]
+async fn review_bodies_arriving_in_pieces_are_answered_whole() {
+    const BODY: &str = r#"{"apiVersion":"authentication.k8s.io/v1","kind":"TokenReview","spec":{"token":"bob-token"}}"#;
+    let s = TestServer::start(Opts::default()).await;
+    for h2 in [false, true] {
+        let c = if h2 { s.client().http2() } else { s.client() };
+        for _ in 0..2 {
+            let (mut tx, body) = http_body_util::channel::Channel::<bytes::Bytes>::new(1);
+            tokio::spawn(async move {
+                let _ = tx
+                    .send_data(bytes::Bytes::from_static(&BODY.as_bytes()[..20]))
+                    .await;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                let _ = tx
+                    .send_data(bytes::Bytes::from_static(&BODY.as_bytes()[20..]))
+                    .await;
+            });
+            let req =
+                http::Request::post("https://localhost/apis/authentication.k8s.io/v1/tokenreviews")
+                    .header("host", "localhost")
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .unwrap();
+            let r = c.send(req).await.unwrap();
+            assert_eq!(r.status, 201, "h2 {h2}: {}", r.text());
+            let v = r.json();
+            assert_eq!(v["status"]["authenticated"], true, "h2 {h2}: {v}");
+            assert_eq!(v["status"]["user"]["username"], "bob");
+            assert_eq!(v["spec"]["token"], "bob-token");
+        }
+    }
+    // The first review ran the chain; the other three were hits.
+    assert_eq!(
+        s.metric("tokenhook_cache_requests_total", "result=\"hit\"")
+            .await,
+        3.0
     );
 }
 
