@@ -220,16 +220,14 @@ impl VerdictCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Arc<Cached>, VerifyError>>,
     {
-        match &self.inner {
-            None => verify().await.map(|c| (c, false)).map_err(Arc::new),
-            Some(cache) => {
-                let key = key();
-                if let Some(hit) = cache.get(&key).await {
-                    return Ok((hit, true));
-                }
-                self.insert_verified(cache, key, verify).await
+        if let Some(cache) = &self.inner {
+            let key = key();
+            if let Some(hit) = cache.get(&key).await {
+                return Ok((hit, true));
             }
+            return self.verify_missing(key, verify).await;
         }
+        verify().await.map(|c| (c, false)).map_err(Arc::new)
     }
 
     /// Whether verdicts are cached at all.
@@ -253,7 +251,8 @@ impl VerdictCache {
         }
     }
 
-    /// After [`VerdictCache::peek`] found nothing under `key`: the result of the future
+    /// After a lookup found nothing under `key` ([`VerdictCache::peek`], or
+    /// [`VerdictCache::get_or_verify`]'s own): the result of the future
     /// `verify` makes, which runs at most once for concurrent callers of one key, stored.
     /// Returns whether the verdict was another caller's after all (stored since the peek).
     ///
@@ -268,22 +267,9 @@ impl VerdictCache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Arc<Cached>, VerifyError>>,
     {
-        match &self.inner {
-            None => verify().await.map(|c| (c, false)).map_err(Arc::new),
-            Some(cache) => self.insert_verified(cache, key, verify).await,
-        }
-    }
-
-    async fn insert_verified<F, Fut>(
-        &self,
-        cache: &Cache<Key, Arc<Cached>, Hasher>,
-        key: Key,
-        verify: F,
-    ) -> Result<(Arc<Cached>, bool), Arc<VerifyError>>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Arc<Cached>, VerifyError>>,
-    {
+        let Some(cache) = &self.inner else {
+            return verify().await.map(|c| (c, false)).map_err(Arc::new);
+        };
         // Boxed: moka's insertion future is large and only misses need it.
         let entry = Box::pin(cache.entry(key).or_try_insert_with(verify())).await?;
         let hit = !entry.is_fresh();
